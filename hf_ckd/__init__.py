@@ -1,0 +1,28 @@
+"""hf_ckd: checkpoint knowledge distillation for the Hugging Face ecosystem.
+
+Distil a student from a teacher's intermediate checkpoints or a snapshot ensemble of them, with
+``transformers.Trainer`` and ``accelerate``.
+"""
+
+from .config import CheckpointDistillConfig
+from .losses import ensemble_kd_loss, kd_loss
+from .teachers import TeacherEnsemble, TeacherLoadError, TeacherOutputError, load_teacher
+from .trainer import CheckpointDistillTrainer
+from .trajectory import Checkpoint, Trajectory, TrajectoryError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointDistillConfig",
+    "CheckpointDistillTrainer",
+    "TeacherEnsemble",
+    "TeacherLoadError",
+    "TeacherOutputError",
+    "Trajectory",
+    "TrajectoryError",
+    "__version__",
+    "ensemble_kd_loss",
+    "kd_loss",
+    "load_teacher",
+]

@@ -1,0 +1,422 @@
+"""Teacher checkpoints as frozen models, and the snapshot ensemble that turns them into soft targets.
+
+``load_teacher`` builds a frozen, eval-mode model from a :class:`~hf_ckd.trajectory.Checkpoint`:
+
+* transformers checkpoints through the Auto class their ``config.json`` architecture names (sequence /
+  token / image classification, causal LM, masked LM); timm models trained through
+  ``transformers.TimmWrapperForImageClassification`` and timm's own hub format (``config.json`` with a
+  ``pretrained_cfg``) both load through ``AutoModelForImageClassification``, so timm and text teachers share
+  one path;
+* any other ``nn.Module`` through a user ``model_init`` that builds the architecture, into which the
+  checkpoint's weights are loaded (strictly).
+
+safetensors files are preferred; pickle files (``pytorch_model.bin``) load only through
+``torch.load(weights_only=True)`` unless ``allow_unsafe_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from .losses import AVERAGE_MODES, ensemble_log_probs, normalize_weights
+from .trajectory import Checkpoint, Trajectory
+
+CONFIG_NAME = "config.json"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_WEIGHTS_NAME = "pytorch_model.bin"
+PICKLE_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+WEIGHT_FILE_NAMES = (
+    SAFE_WEIGHTS_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    PICKLE_WEIGHTS_NAME,
+    PICKLE_WEIGHTS_INDEX_NAME,
+)
+
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+# Inputs that belong to the loss, not to a teacher's forward.
+NON_MODEL_INPUTS = ("labels", "shift_labels", "num_items_in_batch", "return_loss")
+
+TeacherModelInit = Callable[..., nn.Module]
+
+
+class TeacherLoadError(ValueError):
+    """One or more teacher checkpoints cannot be loaded; the message lists every problem."""
+
+
+class TeacherOutputError(RuntimeError):
+    """A teacher produced NaN or Inf logits during training."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"``/``"fp16"``/``"fp32"`` (or the torch names) to a ``torch.dtype``; ``None`` stays ``None``."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise ValueError(f"teacher_dtype {dtype!r} is not one of {sorted(set(DTYPES))}.")
+    return DTYPES[key]
+
+
+# ---- checkpoint files ------------------------------------------------------------------------------
+
+
+def _weight_files(path: str) -> list[str]:
+    """Weight files present in ``path``, safetensors first; shards resolved through their index."""
+    for name in WEIGHT_FILE_NAMES:
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        if name.endswith(".index.json"):
+            with open(file, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+            return [os.path.join(path, s) for s in shards]
+        return [file]
+    return []
+
+
+def checkpoint_problems(checkpoint: Checkpoint, needs_config: bool = True) -> list[str]:
+    """Cheap checks of a checkpoint's files (no model is built). Returns human-readable problems."""
+    where = f"checkpoint '{checkpoint.name}' ({checkpoint.path})"
+    problems = []
+    if needs_config and not os.path.isfile(os.path.join(checkpoint.path, CONFIG_NAME)):
+        problems.append(
+            f"{where} has no {CONFIG_NAME}: save the teacher with save_pretrained / Trainer, or pass "
+            "teacher_model_init to build the architecture yourself."
+        )
+    try:
+        files = _weight_files(checkpoint.path)
+    except (OSError, json.JSONDecodeError) as err:
+        return [*problems, f"{where} has an unreadable weight index ({err}); re-save the checkpoint."]
+    if not files:
+        problems.append(
+            f"{where} has no weights ({SAFE_WEIGHTS_NAME} or {PICKLE_WEIGHTS_NAME}); the save was interrupted or "
+            "the folder is not a checkpoint. Delete it or re-save it."
+        )
+    for file in files:
+        if not os.path.isfile(file):
+            problems.append(
+                f"{where} is missing weight shard '{os.path.basename(file)}'; re-save the checkpoint."
+            )
+        elif file.endswith(".safetensors"):
+            try:
+                with safe_open(file, framework="pt") as f:
+                    f.keys()
+            except (SafetensorError, OSError, ValueError) as err:
+                problems.append(
+                    f"{where}: '{os.path.basename(file)}' is not a valid safetensors file ({err}); it is corrupted or "
+                    "truncated. Re-save the checkpoint from the training run or delete it."
+                )
+    return problems
+
+
+def _load_state_dict(file: str, allow_unsafe_pickle: bool) -> dict[str, torch.Tensor]:
+    if file.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(file)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=not allow_unsafe_pickle)
+    except pickle.UnpicklingError as err:
+        raise TeacherLoadError(
+            f"'{file}' needs full unpickling, which can run arbitrary code, so it was refused ({err}). Convert it "
+            "to safetensors, or pass allow_unsafe_pickle=True only if you trust its author."
+        ) from err
+
+
+def _auto_class(config) -> type:
+    """The transformers Auto class that matches a config's architecture."""
+    import transformers
+
+    architectures = getattr(config, "architectures", None) or []
+    arch = architectures[0] if architectures else ""
+    for suffix, auto in (
+        ("ForSequenceClassification", transformers.AutoModelForSequenceClassification),
+        ("ForTokenClassification", transformers.AutoModelForTokenClassification),
+        ("ForImageClassification", transformers.AutoModelForImageClassification),
+        ("ForCausalLM", transformers.AutoModelForCausalLM),
+        ("ForMaskedLM", transformers.AutoModelForMaskedLM),
+    ):
+        if arch.endswith(suffix):
+            return auto
+    if getattr(config, "model_type", None) == "timm_wrapper":
+        return transformers.AutoModelForImageClassification
+    if arch and hasattr(transformers, arch):
+        return getattr(transformers, arch)
+    raise TeacherLoadError(
+        f"Cannot tell which model class to build for architecture {arch or '<none>'} (model_type "
+        f"{getattr(config, 'model_type', None)!r}); pass teacher_model_init to build it yourself."
+    )
+
+
+def _call_model_init(model_init: TeacherModelInit, checkpoint: Checkpoint) -> nn.Module:
+    takes_checkpoint = len(inspect.signature(model_init).parameters) > 0
+    return model_init(checkpoint) if takes_checkpoint else model_init()
+
+
+def load_teacher(
+    checkpoint: Checkpoint,
+    *,
+    model_init: TeacherModelInit | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+    allow_unsafe_pickle: bool = False,
+) -> nn.Module:
+    """Build a frozen, eval-mode teacher from a checkpoint.
+
+    Args:
+        checkpoint: the checkpoint to load.
+        model_init: optional callable ``() -> nn.Module`` or ``(checkpoint) -> nn.Module`` that builds the
+            architecture; the checkpoint's weights are then loaded into it strictly. Without it the model
+            class is read from ``config.json``.
+        dtype: ``"bf16"``, ``"fp16"``, ``"fp32"`` (default ``fp32``).
+        device: where to put it (the trainer passes ``accelerator.device``).
+        trust_remote_code: allow custom modelling code shipped with the checkpoint (off by default).
+        allow_unsafe_pickle: allow pickle files that ``torch.load(weights_only=True)`` refuses.
+
+    Returns:
+        The model in eval mode with ``requires_grad=False`` on every parameter.
+    """
+    problems = checkpoint_problems(checkpoint, needs_config=model_init is None)
+    if problems:
+        raise TeacherLoadError("\n".join(problems))
+    torch_dtype = resolve_dtype(dtype) or torch.float32
+    where = f"checkpoint '{checkpoint.name}' ({checkpoint.path})"
+    try:
+        if model_init is not None:
+            model = _call_model_init(model_init, checkpoint)
+            state: dict[str, torch.Tensor] = {}
+            for file in _weight_files(checkpoint.path):
+                state.update(_load_state_dict(file, allow_unsafe_pickle))
+            model.load_state_dict(state, strict=True)
+        else:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=trust_remote_code)
+            auto = _auto_class(config)
+            has_safetensors = any(f.endswith(".safetensors") for f in _weight_files(checkpoint.path))
+            model = auto.from_pretrained(
+                checkpoint.path,
+                config=config,
+                dtype=torch_dtype,
+                use_safetensors=has_safetensors,
+                weights_only=not allow_unsafe_pickle,
+                trust_remote_code=trust_remote_code,
+            )
+    except TeacherLoadError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise TeacherLoadError(
+            f"{where}: its pickle weights need full unpickling, which can run arbitrary code, so they were refused "
+            f"({err}). Convert them to safetensors, or pass allow_unsafe_pickle=True only if you trust the author."
+        ) from err
+    except Exception as err:
+        raise TeacherLoadError(f"{where} failed to load: {type(err).__name__}: {err}") from err
+    model.to(dtype=torch_dtype)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+# ---- outputs ---------------------------------------------------------------------------------------
+
+
+def output_size(model: nn.Module) -> int | None:
+    """Size of the label space a model predicts over: vocabulary for LM heads, ``num_labels`` otherwise.
+
+    Returns ``None`` when it cannot be told without a forward pass (plain ``nn.Module``).
+    """
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[0])
+    config = getattr(model, "config", None)
+    num_labels = getattr(config, "num_labels", None)
+    return int(num_labels) if num_labels else None
+
+
+def model_logits(outputs: Any) -> torch.Tensor:
+    """Logits from whatever a model returned: a tensor, a ``ModelOutput``/dict with ``logits``, or a tuple."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, Mapping):
+        if "logits" not in outputs:
+            raise ValueError(f"Model output has no 'logits' (keys: {list(outputs.keys())}).")
+        return outputs["logits"]
+    if isinstance(outputs, tuple | list) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    raise ValueError(f"Cannot find logits in a model output of type {type(outputs).__name__}.")
+
+
+def teacher_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch without the loss-only entries (labels are never shown to a teacher)."""
+    return {k: v for k, v in inputs.items() if k not in NON_MODEL_INPUTS}
+
+
+# ---- ensemble --------------------------------------------------------------------------------------
+
+
+class TeacherEnsemble:
+    """M frozen teacher checkpoints and how their outputs combine into one soft target.
+
+    Args:
+        models: M frozen models (see :func:`load_teacher`).
+        checkpoints: the checkpoint each model was loaded from (same order).
+        weights: M ensemble weights (rescaled to sum to 1); ``None`` = uniform.
+        average: ``"probs"`` mixes tempered probabilities (paper), ``"logits"`` averages logits first
+            (official CheckpointKD code).
+
+    A checkpoint listed several times (e.g. ``"0.3,0.5"`` on a short run) is loaded once and its weights
+    add up.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        checkpoints: Sequence[Checkpoint],
+        weights: Sequence[float] | None = None,
+        average: str = "probs",
+    ):
+        if len(models) != len(checkpoints):
+            raise ValueError(f"Got {len(models)} teacher models for {len(checkpoints)} checkpoints.")
+        if average not in AVERAGE_MODES:
+            raise ValueError(f"ensemble average must be one of {AVERAGE_MODES}, got {average!r}.")
+        self.models = list(models)
+        self.checkpoints = list(checkpoints)
+        self.weights = normalize_weights(weights, len(self.models))
+        self.average = average
+
+    @staticmethod
+    def merge_duplicates(
+        checkpoints: Sequence[Checkpoint], weights: Sequence[float] | None
+    ) -> tuple[list[Checkpoint], list[float]]:
+        """Collapse repeated checkpoints, summing their weights (normalised)."""
+        normalized = normalize_weights(weights, len(checkpoints))
+        merged: dict[Checkpoint, float] = {}
+        for checkpoint, weight in zip(checkpoints, normalized):
+            merged[checkpoint] = merged.get(checkpoint, 0.0) + weight
+        return list(merged), list(merged.values())
+
+    @classmethod
+    def from_trajectory(
+        cls,
+        trajectory: Trajectory,
+        spec: str | Sequence[str | float] = "last",
+        weights: Sequence[float] | None = None,
+        average: str = "probs",
+        *,
+        model_init: TeacherModelInit | None = None,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        allow_unsafe_pickle: bool = False,
+    ) -> TeacherEnsemble:
+        """Select checkpoints by ``spec`` (see :meth:`Trajectory.select`) and load them.
+
+        Every selected checkpoint is checked and loaded before this returns; one
+        :class:`TeacherLoadError` lists every checkpoint that failed.
+        """
+        selected = trajectory.select(spec)
+        if weights is not None and len(weights) != len(selected):
+            raise ValueError(
+                f"teacher_weights has {len(weights)} values but the checkpoint spec {spec!r} selects {len(selected)} "
+                f"checkpoints ({[c.name for c in selected]}); give one weight per selected checkpoint."
+            )
+        checkpoints, merged_weights = cls.merge_duplicates(selected, weights)
+        models, problems = [], []
+        for checkpoint in checkpoints:
+            try:
+                models.append(
+                    load_teacher(
+                        checkpoint,
+                        model_init=model_init,
+                        dtype=dtype,
+                        device=device,
+                        trust_remote_code=trust_remote_code,
+                        allow_unsafe_pickle=allow_unsafe_pickle,
+                    )
+                )
+            except TeacherLoadError as err:
+                problems.append(str(err))
+        if problems:
+            raise TeacherLoadError(
+                f"{len(problems)} of {len(checkpoints)} teacher checkpoints from '{trajectory.source}' cannot be used:\n- "
+                + "\n- ".join(problems)
+            )
+        sizes = {c.name: output_size(m) for c, m in zip(checkpoints, models)}
+        if len({s for s in sizes.values() if s is not None}) > 1:
+            raise TeacherLoadError(
+                f"The selected teacher checkpoints of '{trajectory.source}' predict over different label spaces: {sizes}."
+            )
+        return cls(models, checkpoints, merged_weights, average)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @property
+    def output_size(self) -> int | None:
+        return next((s for s in map(output_size, self.models) if s is not None), None)
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> TeacherEnsemble:
+        for model in self.models:
+            model.to(device=device, dtype=resolve_dtype(dtype))
+        return self
+
+    def logits(self, inputs: Mapping[str, Any], step: int | None = None) -> list[torch.Tensor]:
+        """Each teacher's logits for a batch, ``M x [..., V]``, computed without autograd.
+
+        Raises:
+            TeacherOutputError: a teacher produced NaN/Inf; names the checkpoint, its step and ``step``
+                (the student's global step), so training never proceeds on it.
+        """
+        batch = teacher_inputs(inputs)
+        outputs = []
+        with torch.no_grad():
+            for model in self.models:
+                outputs.append(model_logits(model(**batch)))
+        finite = torch.stack([torch.isfinite(o).all() for o in outputs])
+        if not bool(finite.all()):
+            bad = [c for c, ok in zip(self.checkpoints, finite.tolist()) if not ok]
+            where = f" at student step {step}" if step is not None else ""
+            raise TeacherOutputError(
+                "NaN/Inf in the logits of teacher checkpoint(s) "
+                + ", ".join(f"'{c.name}' (teacher step {c.step}, {c.path})" for c in bad)
+                + f"{where}. Training stopped; check that checkpoint (try teacher_dtype='fp32') or drop it from "
+                "the spec."
+            )
+        return outputs
+
+    def log_targets(self, inputs: Mapping[str, Any], temperature: float = 1.0) -> torch.Tensor:
+        """log P_ens^tau for a batch, ``[..., V]`` float32."""
+        return ensemble_log_probs(self.logits(inputs), temperature, self.weights, self.average)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready lineage: which checkpoints teach, with which weights."""
+        return {
+            "average": self.average,
+            "checkpoints": [
+                {**c.describe(), "weight": round(w, 6)} for c, w in zip(self.checkpoints, self.weights)
+            ],
+        }
