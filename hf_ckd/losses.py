@@ -32,6 +32,11 @@ def _check_hyperparameters(temperature: float, alpha: float) -> None:
         )
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits to float32 for the softmax/KL maths; float32/float64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def normalize_weights(weights: Sequence[float] | torch.Tensor | None, num_teachers: int) -> list[float]:
     """Validate ensemble weights and rescale them to sum to 1 (``None`` = uniform)."""
     if num_teachers < 1:
@@ -58,7 +63,7 @@ def ensemble_log_probs(
     weights: Sequence[float] | None = None,
     average: str = "probs",
 ) -> torch.Tensor:
-    """Log of the tempered ensemble target log P^tau, shape ``[..., V]`` (float32).
+    """Log of the tempered ensemble target log P^tau, shape ``[..., V]`` (at least float32).
 
     Args:
         teacher_logits: M tensors of the same shape ``[..., V]``.
@@ -76,10 +81,10 @@ def ensemble_log_probs(
             raise ValueError(f"Teacher {i} logits have shape {tuple(t.shape)}, teacher 0 has {tuple(shape)}.")
     w = normalize_weights(weights, len(teacher_logits))
     if average == "logits":
-        mean_logits = sum(wi * t.float() for wi, t in zip(w, teacher_logits))
+        mean_logits = sum(wi * _upcast(t) for wi, t in zip(w, teacher_logits))
         return F.log_softmax(mean_logits / temperature, dim=-1)
     kept = [(wi, t) for wi, t in zip(w, teacher_logits) if wi > 0]
-    stacked = torch.stack([F.log_softmax(t.float() / temperature, dim=-1) + math.log(wi) for wi, t in kept])
+    stacked = torch.stack([F.log_softmax(_upcast(t) / temperature, dim=-1) + math.log(wi) for wi, t in kept])
     return torch.logsumexp(stacked, dim=0)
 
 
@@ -158,7 +163,7 @@ def ensemble_kd_loss(
     if alpha < 1 and len(teacher_logits) == 0:
         raise ValueError(f"alpha={alpha} < 1 weights a distillation term but no teacher logits were given.")
 
-    student = student_logits.reshape(-1, num_classes)[mask].float()
+    student = _upcast(student_logits.reshape(-1, num_classes)[mask])
     num_items = mask.sum()
     denom = num_items_in_batch if num_items_in_batch is not None else num_items.clamp(min=1)
 
