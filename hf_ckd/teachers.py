@@ -126,6 +126,15 @@ def checkpoint_problems(checkpoint: Checkpoint, needs_config: bool = True) -> li
     return problems
 
 
+def _unsafe_pickle_message(what: str, err: Exception) -> str:
+    reason = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
+    return (
+        f"{what} needs full unpickling, which can run arbitrary code, so it was refused"
+        f"{' (' + reason + ')' if reason else ''}. Convert it to safetensors, or pass allow_unsafe_pickle=True "
+        "(teacher_allow_unsafe_pickle) only if you trust its author."
+    )
+
+
 def _load_state_dict(file: str, allow_unsafe_pickle: bool) -> dict[str, torch.Tensor]:
     if file.endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -134,10 +143,7 @@ def _load_state_dict(file: str, allow_unsafe_pickle: bool) -> dict[str, torch.Te
     try:
         return torch.load(file, map_location="cpu", weights_only=not allow_unsafe_pickle)
     except pickle.UnpicklingError as err:
-        raise TeacherLoadError(
-            f"'{file}' needs full unpickling, which can run arbitrary code, so it was refused ({err}). Convert it "
-            "to safetensors, or pass allow_unsafe_pickle=True only if you trust its author."
-        ) from err
+        raise TeacherLoadError(_unsafe_pickle_message(f"'{file}'", err)) from err
 
 
 def _auto_class(config) -> type:
@@ -166,8 +172,14 @@ def _auto_class(config) -> type:
 
 
 def _call_model_init(model_init: TeacherModelInit, checkpoint: Checkpoint) -> nn.Module:
-    takes_checkpoint = len(inspect.signature(model_init).parameters) > 0
-    return model_init(checkpoint) if takes_checkpoint else model_init()
+    """Call ``model_init(checkpoint)`` if it has a required positional parameter, else ``model_init()``."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [
+        p
+        for p in inspect.signature(model_init).parameters.values()
+        if p.kind in positional and p.default is inspect.Parameter.empty
+    ]
+    return model_init(checkpoint) if required else model_init()
 
 
 def load_teacher(
@@ -210,6 +222,11 @@ def load_teacher(
             from transformers import AutoConfig
 
             config = AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=trust_remote_code)
+            if getattr(config, "model_type", None) == "timm_wrapper" and "num_classes" in (
+                config.model_args or {}
+            ):
+                # timm's save_for_hf records num_classes in model_args too; the wrapper passes num_labels itself.
+                config.model_args = {k: v for k, v in config.model_args.items() if k != "num_classes"}
             auto = _auto_class(config)
             has_safetensors = any(f.endswith(".safetensors") for f in _weight_files(checkpoint.path))
             model = auto.from_pretrained(
@@ -223,10 +240,7 @@ def load_teacher(
     except TeacherLoadError:
         raise
     except pickle.UnpicklingError as err:
-        raise TeacherLoadError(
-            f"{where}: its pickle weights need full unpickling, which can run arbitrary code, so they were refused "
-            f"({err}). Convert them to safetensors, or pass allow_unsafe_pickle=True only if you trust the author."
-        ) from err
+        raise TeacherLoadError(_unsafe_pickle_message(where, err)) from err
     except Exception as err:
         raise TeacherLoadError(f"{where} failed to load: {type(err).__name__}: {err}") from err
     model.to(dtype=torch_dtype)
