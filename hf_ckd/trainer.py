@@ -12,6 +12,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer_callback import ExportableState
 
 from .config import CheckpointDistillConfig
@@ -20,6 +21,16 @@ from .teachers import TeacherEnsemble, TeacherLoadError, TeacherModelInit, model
 from .trajectory import Trajectory
 
 LABEL_KEYS = ("labels", "shift_labels")
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether the model's own loss scores position t against label t+1 (decoder-only LMs)."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return False
+    return (
+        LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss
+        or type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    )
 
 
 class TeacherLineageCallback(TrainerCallback, ExportableState):
@@ -125,10 +136,10 @@ class CheckpointDistillTrainer(Trainer):
         # compute_loss accepts num_items_in_batch whatever the student's forward takes; this makes Trainer
         # count the label tokens of the whole accumulated (and, across devices, global) batch for it.
         self.model_accepts_loss_kwargs = True
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        self._shift_labels = LOSS_MAPPING.get(
-            getattr(unwrapped, "loss_type", None)
-        ) is ForCausalLMLoss and not getattr(getattr(unwrapped, "config", None), "is_encoder_decoder", False)
+        self._shift_labels = is_causal_lm(self.accelerator.unwrap_model(self.model))
+        # Trainer counts num_items_in_batch over labels[..., 1:] only for models whose loss_type it recognises
+        # as causal (GPT2LMHeadModel's is None); count the positions this loss actually scores.
+        self._loss_shifts_labels = self._shift_labels
         self._place_teachers()
 
     # ---- set-up ------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from transformers import (
     TrainingArguments,
 )
 
+from hf_ckd.teachers import model_logits
+
 torch.set_num_threads(2)
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -167,7 +169,7 @@ def accuracy(model, dataset, batch_size: int = 256) -> float:
         for start in range(0, len(dataset), batch_size):
             batch = dataset[start : start + batch_size]
             labels = batch.pop("labels")
-            logits = model(**batch).logits
+            logits = model_logits(model(**batch))
             if logits.dim() == 3:
                 predictions, targets = logits[:, :-1].argmax(-1), labels[:, 1:]
             else:
