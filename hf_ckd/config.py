@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .losses import AVERAGE_MODES
-from .teachers import DTYPES
+from .teachers import resolve_dtype
 
 
 @dataclass
@@ -136,10 +136,13 @@ class CheckpointDistillConfig(TrainingArguments):
             raise ValueError(
                 f"ensemble_average must be one of {AVERAGE_MODES}, got {self.ensemble_average!r}."
             )
-        if self.teacher_dtype is not None and str(self.teacher_dtype).lower() not in DTYPES:
-            raise ValueError(
-                f"teacher_dtype must be one of bf16, fp16, fp32 (or None), got {self.teacher_dtype!r}."
-            )
+        if self.teacher_dtype is not None:
+            try:
+                resolve_dtype(self.teacher_dtype)
+            except ValueError:
+                raise ValueError(
+                    f"teacher_dtype must be one of bf16, fp16, fp32 (or None), got {self.teacher_dtype!r}."
+                ) from None
         if isinstance(self.teacher_weights, str):
             try:
                 self.teacher_weights = [float(w) for w in self.teacher_weights.split(",") if w.strip()]

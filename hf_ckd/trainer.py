@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -68,10 +68,7 @@ class CheckpointDistillTrainer(Trainer):
 
     _tag_names = ["hf-ckd", "knowledge-distillation", "checkpoint-distillation"]
     _name = "Checkpoint distillation"
-    _paper = {
-        "title": "Efficient Knowledge Distillation via Intermediate Checkpoints (seed 001)",
-        "id": "checkpoint-kd",
-    }
+    _paper = {"title": "Efficient Knowledge Distillation from Model Checkpoints", "id": "2210.06458"}
     # compute_loss normalises by num_items_in_batch itself, or by the accumulation steps when there is none.
     loss_is_scaled_for_ga = True
 
@@ -92,6 +89,11 @@ class CheckpointDistillTrainer(Trainer):
         teacher_model_init: TeacherModelInit | None = None,
         **kwargs,
     ):
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "CheckpointDistillTrainer computes its own loss; compute_loss_func is not supported. Subclass and "
+                "override compute_loss instead."
+            )
         if not isinstance(args, CheckpointDistillConfig):
             raise TypeError(
                 f"CheckpointDistillTrainer needs args=CheckpointDistillConfig(...), got {type(args).__name__}."
@@ -112,11 +114,14 @@ class CheckpointDistillTrainer(Trainer):
                 trust_remote_code=args.teacher_trust_remote_code,
                 allow_unsafe_pickle=args.teacher_allow_unsafe_pickle,
             )
+        elif args.teacher_dtype is not None:
+            teachers.to(dtype=args.teacher_dtype)
         self.teachers = teachers
         if model is not None:
             self._check_label_space(model)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.lineage = self._lineage(args)
+        output_dir_existed = args.output_dir is not None and os.path.exists(args.output_dir)
         callbacks = [*(callbacks or []), TeacherLineageCallback(self.lineage)]
         super().__init__(
             model=model,
@@ -131,8 +136,17 @@ class CheckpointDistillTrainer(Trainer):
             optimizers=optimizers,
             **kwargs,
         )
-        if model is None:
-            self._check_label_space(self.model)
+        if model is None:  # built by model_init inside Trainer.__init__, which already made output_dir
+            try:
+                self._check_label_space(self.model)
+            except TeacherLoadError:
+                if (
+                    not output_dir_existed
+                    and os.path.isdir(args.output_dir)
+                    and not os.listdir(args.output_dir)
+                ):
+                    os.rmdir(args.output_dir)
+                raise
         # compute_loss accepts num_items_in_batch whatever the student's forward takes; this makes Trainer
         # count the label tokens of the whole accumulated (and, across devices, global) batch for it.
         self.model_accepts_loss_kwargs = True
@@ -165,10 +179,11 @@ class CheckpointDistillTrainer(Trainer):
                 self.teachers.models[i] = accelerator.prepare_model(teacher, evaluation_mode=True)
 
     def _lineage(self, args: CheckpointDistillConfig) -> dict[str, Any]:
+        given = not args.teacher  # a ready TeacherEnsemble was passed: the config's spec was not used
+        names = ",".join(c.name for c in self.teachers.checkpoints)
         return {
-            "teacher": args.teacher
-            or (self.teachers.checkpoints[0].source if self.teachers.checkpoints else None),
-            "teacher_checkpoints": args.teacher_checkpoints,
+            "teacher": self.teachers.checkpoints[0].source if given else args.teacher,
+            "teacher_checkpoints": names if given else args.teacher_checkpoints,
             **self.teachers.describe(),
             "temperature": args.temperature,
             "alpha": args.alpha,
@@ -193,14 +208,15 @@ class CheckpointDistillTrainer(Trainer):
         alpha = self.args.alpha if training else 1.0  # evaluation scores the student alone
         has_labels = labels is not None
         if (
-            training
-            and not has_labels
+            not has_labels
+            and alpha == 0
             and student_logits.dim() == 3
             and inputs.get("attention_mask") is not None
         ):
-            # Pure KD without labels: distil every non-padding position.
+            # Pure KD without labels: distil every non-padding position (the label values are never read).
             labels = torch.where(inputs["attention_mask"].bool(), 0, -100)
-        teacher_logits = self.teachers.logits(inputs, step=self.state.global_step) if training else []
+        needs_teachers = training and alpha < 1
+        teacher_logits = self.teachers.logits(inputs, step=self.state.global_step) if needs_teachers else []
         loss, parts = ensemble_kd_loss(
             student_logits,
             teacher_logits,
@@ -223,9 +239,13 @@ class CheckpointDistillTrainer(Trainer):
             denom = parts["num_items"].clamp(min=1)
         if training:
             self._metrics["count"].append(parts["num_items"].float())
-            self._metrics["kd_sum"].append(parts["kd"] * denom)
+            if needs_teachers:
+                self._metrics["kd_sum"].append(parts["kd"] * denom)
             if has_labels:
                 self._metrics["ce_sum"].append(parts["ce"] * denom)
+        if not isinstance(outputs, Mapping):
+            # Trainer.prediction_step reads a tuple output as (loss, logits, ...); the student ran without labels.
+            outputs = {"logits": student_logits}
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -2,8 +2,8 @@
 
 A *trajectory* is the ordered list of checkpoints one training run left behind. The usual source is
 the ``output_dir`` of a ``transformers.Trainer`` run, which holds ``checkpoint-<step>/`` folders, each
-with the model files and a ``trainer_state.json`` (global step, epoch, planned ``max_steps`` and the
-log history with eval metrics).
+with the model files and a ``trainer_state.json`` (global step, epoch and the log history with eval
+metrics).
 """
 
 from __future__ import annotations
@@ -242,7 +242,8 @@ class Trajectory(Sequence[Checkpoint]):
             raise TrajectoryError(
                 f"Training fraction {fraction!r} is outside [0, 1]; use e.g. 0.3 for T^0.3."
             )
-        return min(self.checkpoints, key=lambda c: abs(c.fraction - fraction))
+        # Rounded distance: ties that are exact on paper (0.4 between 0.3 and 0.5) must not be decided by float error.
+        return min(self.checkpoints, key=lambda c: (round(abs(c.fraction - fraction), 9), c.step))
 
     def select(self, spec: str | Sequence[str | float]) -> list[Checkpoint]:
         """Resolve a checkpoint spec to checkpoints, in spec order.

@@ -114,3 +114,14 @@ def test_step_from_trainer_state_when_names_disagree(text_teacher, tmp_path):
     state_path.write_text(json.dumps(state))
     with pytest.raises(TrajectoryError, match="several checkpoints at step"):
         Trajectory.from_local(run)
+
+
+def test_ties_go_to_the_earlier_checkpoint_despite_float_error():
+    from hf_ckd import Checkpoint
+
+    traj = Trajectory(
+        [Checkpoint(name=f"checkpoint-{s}", path="/x", step=s) for s in (30, 50, 70)], final_step=100
+    )
+    assert [c.fraction for c in traj] == [0.3, 0.5, 0.7]
+    assert traj.at(0.4).name == "checkpoint-30"  # 0.4 - 0.3 and 0.5 - 0.4 differ in floating point
+    assert traj.at(0.6).name == "checkpoint-50"
