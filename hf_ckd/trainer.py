@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import DistributedType
+from huggingface_hub import ModelCard
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
@@ -268,16 +269,25 @@ class CheckpointDistillTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         path = os.path.join(self.args.output_dir, "README.md")
+        card = ModelCard.load(path)
+        card.data["distillation"] = {
+            "teacher": self.lineage["teacher"],
+            "checkpoints": [
+                {k: c[k] for k in ("name", "step", "fraction", "weight")} for c in self.lineage["checkpoints"]
+            ],
+            "ensemble_average": self.lineage["average"],
+            "temperature": self.lineage["temperature"],
+            "alpha": self.lineage["alpha"],
+        }
         rows = "\n".join(
             f"| {c['name']} | {c['step']} | {c['fraction']:.3f} | {c['weight']:.3f} |"
             for c in self.lineage["checkpoints"]
         )
-        section = (
+        card.text += (
             "\n## Distillation\n\n"
             f"Distilled with hf_ckd from teacher `{self.lineage['teacher']}` "
             f"(temperature {self.lineage['temperature']}, alpha {self.lineage['alpha']}, "
             f"ensemble average `{self.lineage['average']}`).\n\n"
             "| checkpoint | step | fraction of training | weight |\n|---|---|---|---|\n" + rows + "\n"
         )
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(section)
+        card.save(path)

@@ -95,6 +95,12 @@ def test_text_student_learns_from_snapshot_ensemble(text_teacher, text_data, tmp
     card = (tmp_path / "s" / "README.md").read_text()
     assert "knowledge-distillation" in card and "hf-ckd" in card
     assert "| checkpoint-60 | 60 | 0.500 | 0.500 |" in card
+    from huggingface_hub import ModelCard
+
+    metadata = ModelCard.load(tmp_path / "s" / "README.md").data
+    assert [c["name"] for c in metadata["distillation"]["checkpoints"]] == ["checkpoint-60", "checkpoint-120"]
+    assert metadata["distillation"]["teacher"] == text_teacher
+    assert "hf-ckd" in metadata.tags
 
 
 def test_timm_student_learns(timm_teacher, digits_data, tmp_path):
