@@ -1,0 +1,322 @@
+#!/usr/bin/env python
+"""Train a teacher with a plain ``transformers.Trainer`` and keep its whole trajectory.
+
+Every checkpoint is kept (``save_total_limit`` is refused), so ``hf_ckd.Trajectory.from_local(output_dir)``
+can read the run and any intermediate checkpoint can teach later.
+
+Image models are timm architectures trained through ``TimmWrapperForImageClassification`` (the CIFAR
+networks of ``hf_ckd.models`` are registered on import); text models are any ``AutoModelFor...`` for
+sequence classification or causal language modelling.
+
+    # the paper's CIFAR-100 teacher (WRN-40-2, 240 epochs, SGD, lr x0.1 at 150/180/210), a checkpoint every epoch
+    accelerate launch recipes/train_teacher.py --model_name cifar_wrn_40_2 --dataset_name uoft-cs/cifar100 \\
+        --output_dir runs/wrn40_2
+
+    # a text classifier from a config, on a local dataset with text/label columns
+    python recipes/train_teacher.py --model_name path/to/config_dir --from_scratch --task text-classification \\
+        --dataset_path data/my_text --output_dir runs/text_teacher --num_train_epochs 5
+
+A lone ``.json`` or ``.yaml`` argument is read as the configuration file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, TrainingArguments
+
+logger = logging.getLogger(__name__)
+TASKS = ("image-classification", "text-classification", "causal-lm")
+
+
+@dataclass
+class ModelArguments:
+    model_name: str = field(
+        metadata={
+            "help": "A timm architecture (e.g. cifar_wrn_40_2, resnet18) for image classification, or a transformers "
+            "model id / local folder for text."
+        }
+    )
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "image-classification, text-classification or causal-lm. Default: image-classification for timm "
+            "architectures, else read from the model config's architectures.",
+            "choices": list(TASKS),
+        },
+    )
+    from_scratch: bool = field(
+        default=False,
+        metadata={
+            "help": "Text models: build from the config with random weights instead of loading weights."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer id or folder (text tasks). Default: --model_name."}
+    )
+    drop_rate: float = field(default=0.0, metadata={"help": "timm models: dropout before the classifier."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom modelling code from the Hub (text models). Off by default."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default="uoft-cs/cifar100",
+        metadata={"help": "A dataset on the Hub (ignored when --dataset_path is set)."},
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Configuration of the Hub dataset."}
+    )
+    dataset_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A local dataset: a save_to_disk folder, a data folder (imagefolder, parquet, csv, json) or a file."
+        },
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(default="test", metadata={"help": "Split to evaluate on (empty: none)."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column. Default: img or image."})
+    text_column: str | None = field(
+        default=None, metadata={"help": "Text column. Default: text or sentence."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Label column. Default: fine_label, label or labels."}
+    )
+    crop_padding: int = field(
+        default=4, metadata={"help": "Images: padding of the random crop (0: no crop)."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Text classification: tokens per example."})
+    block_size: int = field(default=128, metadata={"help": "Causal LM: tokens per training block."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only this many training rows."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many eval rows."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train even if --output_dir already holds a finished run."}
+    )
+
+
+@dataclass
+class TeacherTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the CIFAR teacher schedule as defaults and a checkpoint every epoch."""
+
+    learning_rate: float = field(default=0.05, metadata={"help": "Initial learning rate (SGD)."})
+    num_train_epochs: float = field(default=240, metadata={"help": "Epochs to train."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
+    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay."})
+    optim: str = field(default="sgd", metadata={"help": "Optimizer (transformers OptimizerNames)."})
+    optim_args: str | None = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "Scheduler when --lr_decay_epochs is empty."}
+    )
+    save_strategy: str = field(
+        default="epoch", metadata={"help": "When to save a checkpoint: epoch or steps."}
+    )
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, epoch or steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep raw columns for the transforms."}
+    )
+    lr_decay_epochs: str = field(
+        default="150,180,210",
+        metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_rate."},
+    )
+    lr_decay_rate: float = field(default=0.1, metadata={"help": "Learning-rate decay factor."})
+
+
+def infer_task(model_name: str, trust_remote_code: bool) -> str:
+    import timm
+
+    if timm.is_model(model_name):
+        return "image-classification"
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        from hf_ckd.data import DataError
+
+        raise DataError(
+            f"--model_name '{model_name}' is neither a timm architecture nor a transformers model id or folder "
+            f"({type(err).__name__}: {str(err).splitlines()[0]})."
+        ) from err
+    architectures = config.architectures or []
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in architectures):
+        return "causal-lm"
+    return "text-classification"
+
+
+def build_image_task(model_args, data_args, raw_train, raw_eval):
+    import timm
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    from hf_ckd import data
+
+    if not timm.is_model(model_args.model_name):
+        close = timm.list_models(f"*{model_args.model_name.split('_')[0]}*")[:8]
+        raise data.DataError(
+            f"--model_name '{model_args.model_name}' is not a timm architecture; close ones: {close}."
+        )
+    num_labels = data.num_classes_of(
+        raw_train, data.image_columns(raw_train, data_args.image_column, data_args.label_column)[1]
+    )
+    config = TimmWrapperConfig(
+        architecture=model_args.model_name,
+        num_labels=num_labels,
+        model_args={"drop_rate": model_args.drop_rate},
+    )
+    model = TimmWrapperForImageClassification(config)
+    data_config = timm.data.resolve_data_config({}, model=model.timm_model)
+    train, evaluation, _ = data.image_classification_splits(
+        raw_train,
+        raw_eval,
+        data_args.image_column,
+        data_args.label_column,
+        num_labels,
+        data_config["mean"],
+        data_config["std"],
+        data_config["input_size"][-1],
+        data_args.crop_padding,
+    )
+    return model, train, evaluation, data.collate_images, None
+
+
+def build_text_task(model_args, data_args, task, raw_train, raw_eval):
+    import transformers
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        DataCollatorWithPadding,
+    )
+
+    from hf_ckd import data
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name or model_args.model_name, trust_remote_code=model_args.trust_remote_code
+    )
+    text = data.text_column(raw_train, data_args.text_column)
+    if task == "causal-lm":
+        auto = transformers.AutoModelForCausalLM
+        train = data.tokenize_for_causal_lm(raw_train, tokenizer, text, data_args.block_size)
+        evaluation = (
+            None
+            if raw_eval is None
+            else data.tokenize_for_causal_lm(raw_eval, tokenizer, text, data_args.block_size)
+        )
+        config_kwargs = {}
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    else:
+        auto = transformers.AutoModelForSequenceClassification
+        label = data.label_column(raw_train, data_args.label_column)
+        config_kwargs = {"num_labels": data.num_classes_of(raw_train, label)}
+        if raw_eval is not None:
+            data.check_label_space(raw_eval, data.label_column(raw_eval, label), config_kwargs["num_labels"])
+        train = data.tokenize_for_classification(raw_train, tokenizer, text, label, data_args.max_length)
+        evaluation = (
+            None
+            if raw_eval is None
+            else data.tokenize_for_classification(raw_eval, tokenizer, text, label, data_args.max_length)
+        )
+        collator = DataCollatorWithPadding(tokenizer)
+    config = AutoConfig.from_pretrained(
+        model_args.model_name, trust_remote_code=model_args.trust_remote_code, **config_kwargs
+    )
+    if model_args.from_scratch:
+        model = auto.from_config(config, trust_remote_code=model_args.trust_remote_code)
+    else:
+        model = auto.from_pretrained(
+            model_args.model_name, config=config, trust_remote_code=model_args.trust_remote_code
+        )
+    return model, train, evaluation, collator, tokenizer
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TeacherTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
+    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        model_args, data_args, training_args = parser.parse_yaml_file(os.path.abspath(argv[0]))
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+
+    import transformers
+    from transformers import Trainer, set_seed
+
+    import hf_ckd.models  # noqa: F401  (registers the CIFAR architectures with timm)
+    from hf_ckd import data
+    from hf_ckd.metrics import classification_metrics
+    from hf_ckd.optim import install_multistep_lr, parse_epochs
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if training_args.save_total_limit is not None:
+        raise data.DataError(
+            "--save_total_limit deletes checkpoints; leave it unset to keep the whole trajectory."
+        )
+    if training_args.save_strategy == "no":
+        raise data.DataError("--save_strategy no keeps no trajectory; use epoch or steps.")
+    data.guard_output_dir(training_args.output_dir, data_args.overwrite_output_dir)
+    decay_epochs = parse_epochs(training_args.lr_decay_epochs)
+    set_seed(training_args.seed)
+
+    task = model_args.task or infer_task(model_args.model_name, model_args.trust_remote_code)
+    raw = data.load_dataset_from_args(
+        data_args.dataset_name, data_args.dataset_config_name, data_args.dataset_path
+    )
+    raw_train = data.get_split(raw, data_args.train_split, "train_split")
+    raw_eval = data.get_split(raw, data_args.eval_split, "eval_split") if data_args.eval_split else None
+    if data_args.max_train_samples is not None:
+        raw_train = raw_train.select(range(min(data_args.max_train_samples, len(raw_train))))
+    if raw_eval is not None and data_args.max_eval_samples is not None:
+        raw_eval = raw_eval.select(range(min(data_args.max_eval_samples, len(raw_eval))))
+    if task == "image-classification":
+        model, train, evaluation, collator, tokenizer = build_image_task(
+            model_args, data_args, raw_train, raw_eval
+        )
+    else:
+        model, train, evaluation, collator, tokenizer = build_text_task(
+            model_args, data_args, task, raw_train, raw_eval
+        )
+    if evaluation is None:
+        training_args.eval_strategy = "no"
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=classification_metrics(token_level=task == "causal-lm"),
+    )
+    if decay_epochs and training_args.lr_scheduler_type == "constant":
+        install_multistep_lr(trainer, decay_epochs, training_args.lr_decay_rate)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = dict(result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if evaluation is not None:
+        eval_metrics = trainer.evaluate()
+        if task == "causal-lm" and "eval_loss" in eval_metrics:
+            eval_metrics["perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50))
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    trainer.create_model_card(model_name=os.path.basename(os.path.normpath(training_args.output_dir)))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
