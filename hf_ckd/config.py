@@ -27,7 +27,7 @@ class CheckpointDistillConfig(TrainingArguments):
             `teachers=` directly.
         teacher_checkpoints (`str`, *optional*, defaults to `"last"`):
             Which checkpoints teach, comma-separated: fractions of training in [0, 1] (`0.5` is the checkpoint
-            nearest 50% of the run, the paper's T^0.5), `last`, `first`, `all`, checkpoint names
+            nearest the middle of the run, the paper's T^0.5), `last`, `first`, `all`, checkpoint names
             (`checkpoint-500`) or `step:500`. Several items make a snapshot ensemble.
         teacher_weights (`list[float]` or `None`, *optional*, defaults to `None`):
             One non-negative ensemble weight per selected checkpoint (rescaled to sum to 1). `None` is a
@@ -64,7 +64,7 @@ class CheckpointDistillConfig(TrainingArguments):
         default="last",
         metadata={
             "help": "Which checkpoints teach, comma-separated: fractions of training in [0, 1] (0.5 is the "
-            "checkpoint nearest 50% of the run, the paper's T^0.5), last, first, all, checkpoint names "
+            "checkpoint nearest the middle of the run, the paper's T^0.5), last, first, all, checkpoint names "
             "(checkpoint-500) or step:500. Several items make a snapshot ensemble."
         },
     )

@@ -193,6 +193,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=classification_metrics(),
         teachers=teachers,
     )
+    accelerator = trainer.accelerator
+    logger.info(
+        "Distributed type %s, %d processes, device %s",
+        accelerator.distributed_type.value,
+        accelerator.num_processes,
+        accelerator.device,
+    )
     if decay_epochs and training_args.lr_scheduler_type == "constant":
         install_multistep_lr(trainer, decay_epochs, training_args.lr_decay_rate)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

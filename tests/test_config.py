@@ -97,3 +97,9 @@ def test_docstring_and_help_agree(field):
         f"docstring default of {field.name} differs from {default}"
     )
     assert _normalise(match.group(1)) == _normalise(field.metadata["help"])
+
+
+def test_help_renders():
+    """argparse %-formats help strings: a stray '%' in a help text breaks --help of every recipe."""
+    text = HfArgumentParser(CheckpointDistillConfig).format_help()
+    assert "--teacher_checkpoints" in text and "--temperature" in text

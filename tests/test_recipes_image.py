@@ -1,0 +1,172 @@
+"""recipes/train_teacher.py and recipes/distill_cifar100.py end to end on a tiny local dataset with
+CIFAR-100's schema (``img`` images, ``fine_label`` ClassLabel), including two CPU processes."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+
+RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
+
+
+def load_recipe(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(RECIPES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def cifar_like(n, num_classes=4, seed=0, image_feature=True):
+    """Colour-coded 32x32 images: class c brightens channel c % 3 (learnable in a few steps)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    images = []
+    for y in labels:
+        image = rng.integers(0, 60, (32, 32, 3)).astype(np.uint8)
+        image[..., y % 3] += np.uint8(120 + 40 * (y // 3))
+        images.append(image)
+    features = datasets.Features(
+        {"img": datasets.Image(), "fine_label": datasets.ClassLabel(num_classes=num_classes)}
+    )
+    return datasets.Dataset.from_dict({"img": images, "fine_label": labels}, features=features)
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cifar") / "data"
+    datasets.DatasetDict({"train": cifar_like(96), "test": cifar_like(32, seed=1)}).save_to_disk(str(path))
+    return str(path)
+
+
+COMMON = ["--use_cpu", "--report_to", "none", "--per_device_train_batch_size", "16", "--disable_tqdm", "true"]
+
+
+@pytest.fixture(scope="module")
+def cifar_teacher(cifar_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cifar_teacher") / "run")
+    metrics = load_recipe("train_teacher").main(
+        ["--model_name", "cifar_resnet20", "--dataset_path", cifar_dir, "--output_dir", out,
+         "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+         "--lr_decay_epochs", "", *COMMON]
+    )  # fmt: skip
+    assert metrics["eval_accuracy"] >= 0
+    return out
+
+
+def test_train_teacher_keeps_the_trajectory(cifar_teacher):
+    from hf_ckd import Trajectory
+
+    traj = Trajectory.from_local(cifar_teacher)
+    assert [c.step for c in traj] == [2, 4, 6]
+    with open(os.path.join(cifar_teacher, "checkpoint-2", "config.json")) as f:
+        config = json.load(f)
+    assert config["architecture"] == "cifar_resnet20" and config["num_classes"] == 4
+    assert os.path.isfile(os.path.join(cifar_teacher, "all_results.json"))
+
+
+def test_distill_cifar100_end_to_end(cifar_teacher, cifar_dir, tmp_path):
+    out = str(tmp_path / "student")
+    metrics = load_recipe("distill_cifar100").main(
+        ["--teacher", cifar_teacher, "--teacher_checkpoints", "0.6,last", "--student_model", "cifar_resnet20",
+         "--dataset_path", cifar_dir, "--output_dir", out, "--max_steps", "4", "--save_strategy", "no",
+         "--eval_strategy", "no", "--temperature", "4", "--alpha", "0.5", "--logging_steps", "2", *COMMON]
+    )  # fmt: skip
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    with open(os.path.join(out, "all_results.json")) as f:
+        assert "eval_accuracy" in json.load(f)
+    with open(os.path.join(out, "trainer_state.json")) as f:
+        state = json.load(f)
+    lineage = state["stateful_callbacks"]["TeacherLineageCallback"]["args"]["lineage"]
+    assert [c["name"] for c in lineage["checkpoints"]] == ["checkpoint-4", "checkpoint-6"]
+    assert any("loss_kd" in entry for entry in state["log_history"])
+    with open(os.path.join(out, "README.md")) as f:
+        card = f.read()
+    assert "checkpoint-4" in card and "knowledge-distillation" in card
+
+
+def test_distill_cifar100_from_yaml_and_help(cifar_teacher, cifar_dir, tmp_path):
+    out = str(tmp_path / "student")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"teacher: {cifar_teacher}\nteacher_checkpoints: last\nstudent_model: cifar_resnet20\n"
+        f"dataset_path: {cifar_dir}\noutput_dir: {out}\nmax_steps: 2\nsave_strategy: 'no'\neval_strategy: 'no'\n"
+        "use_cpu: true\nreport_to: none\nper_device_train_batch_size: 16\nlr_decay_epochs: ''\n"
+    )
+    load_recipe("distill_cifar100").main([str(config)])
+    assert os.path.isfile(os.path.join(out, "model.safetensors"))
+    help_text = subprocess.run(
+        [sys.executable, os.path.join(RECIPES, "distill_cifar100.py"), "--help"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    for argument in (
+        "--teacher_checkpoints",
+        "--student_model",
+        "--lr_decay_epochs",
+        "--temperature",
+        "--dataset_path",
+    ):
+        assert argument in help_text
+
+
+def test_distill_cifar100_on_two_processes(cifar_teacher, cifar_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+        os.path.join(RECIPES, "distill_cifar100.py"), "--teacher", cifar_teacher, "--teacher_checkpoints", "0.5,last",
+        "--student_model", "cifar_resnet20", "--dataset_path", cifar_dir, "--output_dir", str(out),
+        "--num_train_epochs", "1", "--lr_decay_epochs", "", "--save_strategy", "no", "--eval_strategy", "no",
+        "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "MULTI_CPU" in result.stderr and "2 processes" in result.stderr
+    with open(out / "trainer_state.json") as f:
+        state = json.load(f)
+    assert state["global_step"] == 96 // (8 * 2)  # each process saw half of every global batch
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("student", "--student_model 'cifar_resnet_9000' is not a timm architecture"),
+        ("teacher", "does not exist"),
+        ("columns", "no image column"),
+        ("not_image", "--image_column 'img' holds"),
+        ("classes", "has 7 classes but the model predicts 4"),
+        ("finished", "already holds a finished run"),
+    ],
+)
+def test_distill_cifar100_bad_input(case, message, cifar_teacher, cifar_dir, tmp_path):
+    out = tmp_path / "out"
+    data_path, student, teacher = cifar_dir, "cifar_resnet20", cifar_teacher
+    if case == "student":
+        student = "cifar_resnet_9000"
+    elif case == "teacher":
+        teacher = str(tmp_path / "missing")
+    elif case == "columns":
+        data_path = str(tmp_path / "renamed")
+        datasets.DatasetDict({"train": cifar_like(8).rename_column("img", "pixels")}).save_to_disk(data_path)
+    elif case == "not_image":
+        data_path = str(tmp_path / "strings")
+        strings = datasets.Dataset.from_dict({"img": ["a.png"] * 4, "fine_label": [0, 1, 2, 3]})
+        datasets.DatasetDict({"train": strings}).save_to_disk(data_path)
+    elif case == "classes":
+        data_path = str(tmp_path / "seven")
+        datasets.DatasetDict({"train": cifar_like(8, num_classes=7)}).save_to_disk(data_path)
+    elif case == "finished":
+        out.mkdir()
+        (out / "all_results.json").write_text("{}")
+    argv = ["--teacher", teacher, "--student_model", student, "--dataset_path", data_path, "--eval_split", "",
+            "--output_dir", str(out), "--max_steps", "2", *COMMON]  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        load_recipe("distill_cifar100").main(argv)
+    assert sorted(os.listdir(out)) == ["all_results.json"] if case == "finished" else not out.exists()
