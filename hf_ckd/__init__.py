@@ -4,6 +4,7 @@ Distil a student from a teacher's intermediate checkpoints or a snapshot ensembl
 ``transformers.Trainer`` and ``accelerate``.
 """
 
+from . import models  # noqa: F401  (registers the CIFAR architectures with timm, so saved teachers load by name)
 from .config import CheckpointDistillConfig
 from .losses import ensemble_kd_loss, kd_loss
 from .teachers import TeacherEnsemble, TeacherLoadError, TeacherOutputError, load_teacher

@@ -169,6 +169,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             model_args={"drop_rate": student_args.drop_rate},
         )
     )
+    if hasattr(
+        student.timm_model, "init_weights"
+    ):  # transformers re-initialises from a config; restore timm's
+        student.timm_model.init_weights()
     data_config = timm.data.resolve_data_config({}, model=student.timm_model)
     train, evaluation, _ = hf_data.image_classification_splits(
         raw_train,

@@ -172,6 +172,10 @@ def build_image_task(model_args, data_args, raw_train, raw_eval):
         model_args={"drop_rate": model_args.drop_rate},
     )
     model = TimmWrapperForImageClassification(config)
+    if hasattr(
+        model.timm_model, "init_weights"
+    ):  # transformers re-initialises from a config; restore the paper's
+        model.timm_model.init_weights()
     data_config = timm.data.resolve_data_config({}, model=model.timm_model)
     train, evaluation, _ = data.image_classification_splits(
         raw_train,
