@@ -21,13 +21,13 @@ A lone ``.json`` or ``.yaml`` argument is read as the configuration file.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
 from hf_ckd import CheckpointDistillConfig
+from hf_ckd.cli import CifarScheduleDefaults, ImageDataArguments, parse_recipe_args
 
 logger = logging.getLogger(__name__)
 
@@ -44,75 +44,15 @@ class StudentArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset_name: str | None = field(
-        default="uoft-cs/cifar100",
-        metadata={"help": "A dataset on the Hub (ignored when --dataset_path is set)."},
-    )
-    dataset_config_name: str | None = field(
-        default=None, metadata={"help": "Configuration of the Hub dataset."}
-    )
-    dataset_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "A local dataset with the same columns: a save_to_disk folder, an imagefolder, or data files."
-        },
-    )
-    train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str | None = field(default="test", metadata={"help": "Split to evaluate on (empty: none)."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column. Default: img or image."})
-    label_column: str | None = field(
-        default=None, metadata={"help": "Label column. Default: fine_label (CIFAR-100), label or labels."}
-    )
-    crop_padding: int = field(default=4, metadata={"help": "Padding of the random 32x32 crop (0: no crop)."})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only this many training rows."}
-    )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many eval rows."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train even if --output_dir already holds a finished run."}
-    )
-
-
-@dataclass
-class CifarDistillConfig(CheckpointDistillConfig):
+class CifarDistillConfig(CifarScheduleDefaults, CheckpointDistillConfig):
     """``CheckpointDistillConfig`` with the standard CIFAR schedule as defaults."""
 
-    learning_rate: float = field(default=0.05, metadata={"help": "Initial learning rate (SGD)."})
-    num_train_epochs: float = field(default=240, metadata={"help": "Epochs to train."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
-    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay."})
-    optim: str = field(default="sgd", metadata={"help": "Optimizer (transformers OptimizerNames)."})
-    optim_args: str | None = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
-    lr_scheduler_type: str = field(
-        default="constant", metadata={"help": "Scheduler when --lr_decay_epochs is empty."}
-    )
-    save_strategy: str = field(
-        default="epoch", metadata={"help": "When to save a checkpoint: no, epoch or steps."}
-    )
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, epoch or steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Student checkpoints to keep."})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep raw columns for the transforms."}
-    )
-    lr_decay_epochs: str = field(
-        default="150,180,210",
-        metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_rate."},
-    )
-    lr_decay_rate: float = field(default=0.1, metadata={"help": "Learning-rate decay factor."})
-
-
-def parse_args(argv: list[str]):
-    parser = HfArgumentParser((StudentArguments, DataArguments, CifarDistillConfig))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    student_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((StudentArguments, ImageDataArguments, CifarDistillConfig))
+    student_args, data_args, training_args = parse_recipe_args(parser, sys.argv[1:] if argv is None else argv)
 
     import timm
     import transformers
@@ -121,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import hf_ckd.models  # noqa: F401  (registers the CIFAR architectures with timm)
     from hf_ckd import CheckpointDistillTrainer, Trajectory
     from hf_ckd import data as hf_data
+    from hf_ckd.cli import log_distributed_setup, train_and_report
     from hf_ckd.metrics import classification_metrics
     from hf_ckd.optim import install_multistep_lr, parse_epochs
     from hf_ckd.teachers import TeacherEnsemble
@@ -150,15 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     logger.info("Teachers: %s", ", ".join(f"{c.name} (T^{c.fraction:.2f})" for c in teachers.checkpoints))
 
-    raw = hf_data.load_dataset_from_args(
-        data_args.dataset_name, data_args.dataset_config_name, data_args.dataset_path
-    )
-    raw_train = hf_data.get_split(raw, data_args.train_split, "train_split")
-    raw_eval = hf_data.get_split(raw, data_args.eval_split, "eval_split") if data_args.eval_split else None
-    if data_args.max_train_samples is not None:
-        raw_train = raw_train.select(range(min(data_args.max_train_samples, len(raw_train))))
-    if raw_eval is not None and data_args.max_eval_samples is not None:
-        raw_eval = raw_eval.select(range(min(data_args.max_eval_samples, len(raw_eval))))
+    raw_train, raw_eval = data_args.load_splits()
 
     set_seed(training_args.seed)
     num_labels = teachers.output_size
@@ -197,31 +130,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=classification_metrics(),
         teachers=teachers,
     )
-    accelerator = trainer.accelerator
-    logger.info(
-        "Distributed type %s, %d processes, device %s",
-        accelerator.distributed_type.value,
-        accelerator.num_processes,
-        accelerator.device,
-    )
+    log_distributed_setup(trainer)
     if decay_epochs and training_args.lr_scheduler_type == "constant":
         install_multistep_lr(trainer, decay_epochs, training_args.lr_decay_rate)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    metrics = dict(result.metrics)
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    if evaluation is not None:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-    trainer.create_model_card(
-        model_name=os.path.basename(os.path.normpath(training_args.output_dir)),
-        dataset=data_args.dataset_path or data_args.dataset_name,
-    )
-    return metrics
+    return train_and_report(trainer, dataset=data_args.dataset_path or data_args.dataset_name)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ A lone ``.json`` or ``.yaml`` argument is read as the configuration file.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
+
+from hf_ckd.cli import CifarScheduleDefaults, ImageDataArguments, parse_recipe_args
 
 logger = logging.getLogger(__name__)
 TASKS = ("image-classification", "text-classification", "causal-lm")
@@ -66,68 +66,19 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset_name: str | None = field(
-        default="uoft-cs/cifar100",
-        metadata={"help": "A dataset on the Hub (ignored when --dataset_path is set)."},
-    )
-    dataset_config_name: str | None = field(
-        default=None, metadata={"help": "Configuration of the Hub dataset."}
-    )
-    dataset_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "A local dataset: a save_to_disk folder, a data folder (imagefolder, parquet, csv, json) or a file."
-        },
-    )
-    train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str | None = field(default="test", metadata={"help": "Split to evaluate on (empty: none)."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column. Default: img or image."})
+class DataArguments(ImageDataArguments):
+    """Image arguments (shared with distill_cifar100.py) plus the text ones."""
+
     text_column: str | None = field(
         default=None, metadata={"help": "Text column. Default: text or sentence."}
     )
-    label_column: str | None = field(
-        default=None, metadata={"help": "Label column. Default: fine_label, label or labels."}
-    )
-    crop_padding: int = field(
-        default=4, metadata={"help": "Images: padding of the random crop (0: no crop)."}
-    )
     max_length: int = field(default=128, metadata={"help": "Text classification: tokens per example."})
     block_size: int = field(default=128, metadata={"help": "Causal LM: tokens per training block."})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only this many training rows."}
-    )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many eval rows."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train even if --output_dir already holds a finished run."}
-    )
 
 
 @dataclass
-class TeacherTrainingArguments(TrainingArguments):
+class TeacherTrainingArguments(CifarScheduleDefaults, TrainingArguments):
     """``TrainingArguments`` with the CIFAR teacher schedule as defaults and a checkpoint every epoch."""
-
-    learning_rate: float = field(default=0.05, metadata={"help": "Initial learning rate (SGD)."})
-    num_train_epochs: float = field(default=240, metadata={"help": "Epochs to train."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
-    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay."})
-    optim: str = field(default="sgd", metadata={"help": "Optimizer (transformers OptimizerNames)."})
-    optim_args: str | None = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
-    lr_scheduler_type: str = field(
-        default="constant", metadata={"help": "Scheduler when --lr_decay_epochs is empty."}
-    )
-    save_strategy: str = field(
-        default="epoch", metadata={"help": "When to save a checkpoint: epoch or steps."}
-    )
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, epoch or steps."})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep raw columns for the transforms."}
-    )
-    lr_decay_epochs: str = field(
-        default="150,180,210",
-        metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_rate."},
-    )
-    lr_decay_rate: float = field(default=0.1, metadata={"help": "Learning-rate decay factor."})
 
 
 def infer_task(model_name: str, trust_remote_code: bool) -> str:
@@ -245,19 +196,14 @@ def build_text_task(model_args, data_args, task, raw_train, raw_eval):
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, DataArguments, TeacherTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
-    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        model_args, data_args, training_args = parser.parse_yaml_file(os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, training_args = parse_recipe_args(parser, sys.argv[1:] if argv is None else argv)
 
     import transformers
     from transformers import Trainer, set_seed
 
     import hf_ckd.models  # noqa: F401  (registers the CIFAR architectures with timm)
     from hf_ckd import data
+    from hf_ckd.cli import log_distributed_setup, train_and_report
     from hf_ckd.metrics import classification_metrics
     from hf_ckd.optim import install_multistep_lr, parse_epochs
 
@@ -274,15 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(training_args.seed)
 
     task = model_args.task or infer_task(model_args.model_name, model_args.trust_remote_code)
-    raw = data.load_dataset_from_args(
-        data_args.dataset_name, data_args.dataset_config_name, data_args.dataset_path
-    )
-    raw_train = data.get_split(raw, data_args.train_split, "train_split")
-    raw_eval = data.get_split(raw, data_args.eval_split, "eval_split") if data_args.eval_split else None
-    if data_args.max_train_samples is not None:
-        raw_train = raw_train.select(range(min(data_args.max_train_samples, len(raw_train))))
-    if raw_eval is not None and data_args.max_eval_samples is not None:
-        raw_eval = raw_eval.select(range(min(data_args.max_eval_samples, len(raw_eval))))
+    raw_train, raw_eval = data_args.load_splits()
     if task == "image-classification":
         model, train, evaluation, collator, tokenizer = build_image_task(
             model_args, data_args, raw_train, raw_eval
@@ -303,30 +241,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         compute_metrics=classification_metrics(token_level=task == "causal-lm"),
     )
-    accelerator = trainer.accelerator
-    logger.info(
-        "Distributed type %s, %d processes, device %s",
-        accelerator.distributed_type.value,
-        accelerator.num_processes,
-        accelerator.device,
-    )
+    log_distributed_setup(trainer)
     if decay_epochs and training_args.lr_scheduler_type == "constant":
         install_multistep_lr(trainer, decay_epochs, training_args.lr_decay_rate)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    metrics = dict(result.metrics)
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    if evaluation is not None:
-        eval_metrics = trainer.evaluate()
-        if task == "causal-lm" and "eval_loss" in eval_metrics:
-            eval_metrics["perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50))
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-    trainer.create_model_card(model_name=os.path.basename(os.path.normpath(training_args.output_dir)))
-    return metrics
+    return train_and_report(trainer, perplexity=task == "causal-lm")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""What the recipes share: argument parsing (with config files), the CIFAR schedule defaults, and the
+standard ending of a Trainer run (the transformers examples' save / metrics / state / eval / card)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def parse_recipe_args(parser, argv: Sequence[str]) -> tuple[Any, ...]:
+    """Parse ``argv`` with an ``HfArgumentParser``; a lone ``.json``/``.yaml`` argument is a config file."""
+    argv = list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(argv)
+
+
+@dataclass
+class ImageDataArguments:
+    """Where the images come from and which columns hold them (the recipes' data arguments)."""
+
+    dataset_name: str | None = field(
+        default="uoft-cs/cifar100",
+        metadata={"help": "A dataset on the Hub (ignored when --dataset_path is set)."},
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Configuration of the Hub dataset."}
+    )
+    dataset_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A local dataset with the same columns: a save_to_disk folder, a data folder (imagefolder, "
+            "parquet, csv, json) or a data file."
+        },
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(default="test", metadata={"help": "Split to evaluate on (empty: none)."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column. Default: img or image."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "Label column. Default: fine_label (CIFAR-100), label or labels."}
+    )
+    crop_padding: int = field(
+        default=4, metadata={"help": "Images: padding of the random crop (0: no crop)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only this many training rows."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many eval rows."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train even if --output_dir already holds a finished run."}
+    )
+
+    def load_splits(self):
+        """``(train, eval_or_None)`` raw splits, truncated to ``max_*_samples``."""
+        from .data import get_split, load_dataset_from_args
+
+        raw = load_dataset_from_args(self.dataset_name, self.dataset_config_name, self.dataset_path)
+        train = get_split(raw, self.train_split, "train_split")
+        evaluation = get_split(raw, self.eval_split, "eval_split") if self.eval_split else None
+        if self.max_train_samples is not None:
+            train = train.select(range(min(self.max_train_samples, len(train))))
+        if evaluation is not None and self.max_eval_samples is not None:
+            evaluation = evaluation.select(range(min(self.max_eval_samples, len(evaluation))))
+        return train, evaluation
+
+
+@dataclass
+class CifarScheduleDefaults:
+    """Mixin for a ``TrainingArguments`` subclass: the standard CIFAR schedule as defaults (SGD momentum
+    0.9, lr 0.05, weight decay 5e-4, 240 epochs, batch 64, lr x0.1 at epochs 150/180/210, a checkpoint and
+    an evaluation every epoch). Put it before the ``TrainingArguments`` class in the bases."""
+
+    learning_rate: float = field(default=0.05, metadata={"help": "Initial learning rate (SGD)."})
+    num_train_epochs: float = field(default=240, metadata={"help": "Epochs to train."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
+    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay."})
+    optim: str = field(default="sgd", metadata={"help": "Optimizer (transformers OptimizerNames)."})
+    optim_args: str | None = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "Trainer's scheduler, used when --lr_decay_epochs is empty."}
+    )
+    save_strategy: str = field(
+        default="epoch", metadata={"help": "When to save a checkpoint: no, epoch or steps."}
+    )
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, epoch or steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep raw columns for the transforms."}
+    )
+    lr_decay_epochs: str = field(
+        default="150,180,210",
+        metadata={"help": "Epochs at which the learning rate is multiplied by lr_decay_rate."},
+    )
+    lr_decay_rate: float = field(default=0.1, metadata={"help": "Learning-rate decay factor."})
+
+
+def log_distributed_setup(trainer) -> None:
+    """One line per process: distributed type, process count, device (so a wrong launch shows at once)."""
+    accelerator = trainer.accelerator
+    logger.info(
+        "Distributed type %s, %d processes, device %s",
+        accelerator.distributed_type.value,
+        accelerator.num_processes,
+        accelerator.device,
+    )
+
+
+def train_and_report(
+    trainer, evaluate: bool = True, perplexity: bool = False, **card_kwargs
+) -> dict[str, float]:
+    """Train (resuming from ``args.resume_from_checkpoint``), then save the model, the train and eval metrics
+    (``all_results.json``), the state, and the model card. Returns the metrics."""
+    result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = dict(result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if evaluate and trainer.eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        if perplexity and "eval_loss" in eval_metrics:
+            eval_metrics["perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    card_kwargs.setdefault("model_name", os.path.basename(os.path.normpath(trainer.args.output_dir)))
+    trainer.create_model_card(**card_kwargs)
+    return metrics
