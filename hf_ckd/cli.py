@@ -112,24 +112,46 @@ def log_distributed_setup(trainer) -> None:
     )
 
 
+def last_checkpoint(output_dir: str, overwrite: bool) -> str | None:
+    """The checkpoint an interrupted run left in ``output_dir`` (resumed as the transformers examples do),
+    or ``None`` with ``overwrite`` or when there is none."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if overwrite or not os.path.isdir(output_dir):
+        return None
+    checkpoint = get_last_checkpoint(output_dir)
+    if checkpoint is not None:
+        logger.info("Resuming from %s; pass --overwrite_output_dir to start from scratch.", checkpoint)
+    return checkpoint
+
+
 def train_and_report(
-    trainer, evaluate: bool = True, perplexity: bool = False, **card_kwargs
+    trainer, resume_from_checkpoint: str | None = None, perplexity: bool = False, **card_kwargs
 ) -> dict[str, float]:
-    """Train (resuming from ``args.resume_from_checkpoint``), then save the model, the train and eval metrics
-    (``all_results.json``), the state, and the model card. Returns the metrics."""
-    result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    """Train, then save the model, the train and eval metrics (``all_results.json``), the state, and the
+    model card, or push to the Hub with ``args.push_to_hub``. Returns the metrics."""
+    checkpoint = trainer.args.resume_from_checkpoint or resume_from_checkpoint
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     metrics = dict(result.metrics)
+    metrics["train_samples"] = len(trainer.train_dataset)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
-    if evaluate and trainer.eval_dataset is not None:
+    if trainer.eval_dataset is not None:
         eval_metrics = trainer.evaluate()
+        eval_metrics["eval_samples"] = len(trainer.eval_dataset)
         if perplexity and "eval_loss" in eval_metrics:
-            eval_metrics["perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
+            try:
+                eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"])
+            except OverflowError:
+                eval_metrics["perplexity"] = float("inf")
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     card_kwargs.setdefault("model_name", os.path.basename(os.path.normpath(trainer.args.output_dir)))
-    trainer.create_model_card(**card_kwargs)
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(**card_kwargs)
+    else:
+        trainer.create_model_card(**card_kwargs)
     return metrics

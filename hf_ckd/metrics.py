@@ -25,18 +25,26 @@ def load_accuracy():
         return evaluate.load(BUNDLED_ACCURACY)
 
 
+def argmax_logits(logits, labels):
+    """``preprocess_logits_for_metrics``: keep the argmax ids ``[B, T]`` instead of ``[B, T, V]`` logits
+    during evaluation (run_clm does the same), so a large vocabulary does not fill memory."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return logits.argmax(dim=-1)
+
+
 def classification_metrics(token_level: bool = False) -> Callable:
     """A ``compute_metrics`` for ``Trainer``: top-1 accuracy through ``evaluate``.
 
-    For ``token_level`` (causal LMs), position t is scored against label t+1 and ``-100`` is skipped.
+    Predictions may be logits ``[..., C]`` or argmax ids shaped like the labels (see :func:`argmax_logits`).
+    For ``token_level`` (causal LMs), position t is scored against label t+1; ``-100`` is skipped.
     """
     metric = load_accuracy()
 
     def compute_metrics(eval_pred) -> dict[str, float]:
-        logits, labels = eval_pred.predictions, eval_pred.label_ids
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        predictions = np.asarray(logits).argmax(-1)
-        labels = np.asarray(labels)
+        predictions, labels = eval_pred.predictions, np.asarray(eval_pred.label_ids)
+        predictions = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
+        if predictions.shape != labels.shape:
+            predictions = predictions.argmax(-1)
         if token_level:
             predictions, labels = predictions[:, :-1], labels[:, 1:]
         keep = labels != -100

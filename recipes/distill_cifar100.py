@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import hf_ckd.models  # noqa: F401  (registers the CIFAR architectures with timm)
     from hf_ckd import CheckpointDistillTrainer, Trajectory
     from hf_ckd import data as hf_data
-    from hf_ckd.cli import log_distributed_setup, train_and_report
+    from hf_ckd.cli import last_checkpoint, log_distributed_setup, train_and_report
     from hf_ckd.metrics import classification_metrics
     from hf_ckd.optim import install_multistep_lr, parse_epochs
     from hf_ckd.teachers import TeacherEnsemble
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     log_distributed_setup(trainer)
     if decay_epochs and training_args.lr_scheduler_type == "constant":
         install_multistep_lr(trainer, decay_epochs, training_args.lr_decay_rate)
-    return train_and_report(trainer, dataset=data_args.dataset_path or data_args.dataset_name)
+    resume = last_checkpoint(training_args.output_dir, data_args.overwrite_output_dir)
+    return train_and_report(trainer, resume, dataset=data_args.dataset_path or data_args.dataset_name)
 
 
 if __name__ == "__main__":
