@@ -541,3 +541,28 @@ def test_missing_argument_and_bad_values_are_refused_by_the_parser(recipe, tmp_p
     with pytest.raises(ValueError, match="--validation_split_percentage"):
         recipe.main([*no_data, "--dataset_path", "d", "--validation_split_percentage", "100"])
     assert not (tmp_path / "x").exists()
+
+
+def test_train_teacher_text_trajectory_feeds_distill_text(recipe, workspace, tmp_path):
+    """recipes/train_teacher.py (text branch) writes a trajectory that distill_text.py distils from."""
+    root = workspace["root"]
+    spec = importlib.util.spec_from_file_location("train_teacher", str(RECIPE.parent / "train_teacher.py"))
+    train_teacher_recipe = importlib.util.module_from_spec(spec)
+    sys.modules["train_teacher"] = train_teacher_recipe
+    spec.loader.exec_module(train_teacher_recipe)
+    teacher_dir = tmp_path / "teacher"
+    metrics = train_teacher_recipe.main(
+        ["--model_name", str(root / "student_bert"), "--from_scratch", "--task", "text-classification",
+         "--tokenizer_name", str(root / "tokenizer"), "--dataset_path", str(root / "sentiment"),
+         "--eval_split", "validation", "--max_length", "16", "--output_dir", str(teacher_dir),
+         "--max_steps", "40", "--save_strategy", "steps", "--save_steps", "20", "--eval_strategy", "no",
+         "--lr_decay_epochs", "", "--optim", "adamw_torch", "--optim_args", "", "--learning_rate", "3e-3",
+         "--per_device_train_batch_size", "32", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
+    )  # fmt: skip
+    assert metrics["eval_accuracy"] > 0.75
+    from hf_ckd import Trajectory
+
+    assert [c.step for c in Trajectory.from_local(str(teacher_dir))] == [20, 40]
+    out = tmp_path / "student"
+    recipe.main(classification_args(workspace, str(teacher_dir), out))
+    check_lineage(out, str(teacher_dir), ["checkpoint-20", "checkpoint-40"])
