@@ -18,6 +18,7 @@ from transformers.trainer_callback import ExportableState
 
 from .config import CheckpointDistillConfig
 from .losses import ensemble_kd_loss
+from .selection import teacher_spec
 from .teachers import TeacherEnsemble, TeacherLoadError, TeacherModelInit, model_logits, output_size
 from .trajectory import Trajectory
 
@@ -107,7 +108,7 @@ class CheckpointDistillTrainer(Trainer):
             trajectory = Trajectory.from_local(args.teacher)
             teachers = TeacherEnsemble.from_trajectory(
                 trajectory,
-                args.teacher_checkpoints,
+                teacher_spec(args, trajectory),
                 args.teacher_weights,
                 args.ensemble_average,
                 model_init=teacher_model_init,
@@ -185,6 +186,7 @@ class CheckpointDistillTrainer(Trainer):
         return {
             "teacher": self.teachers.checkpoints[0].source if given else args.teacher,
             "teacher_checkpoints": names if given else args.teacher_checkpoints,
+            "teacher_selection": args.teacher_selection,
             **self.teachers.describe(),
             "temperature": args.temperature,
             "alpha": args.alpha,

@@ -43,6 +43,7 @@ from functools import lru_cache
 from transformers import HfArgumentParser
 
 NUM_CLASSES = 10
+MI_SPEC = "mi"  # placeholder spec of the T* arm, replaced per teacher by the selected checkpoint
 EPS = 1e-12  # accuracies are multiples of 1/len(test): smaller differences are float round-off
 QUICK_SETTINGS = {
     "teacher_seeds": 1,
@@ -116,6 +117,13 @@ class DemoArguments:
         default="0.3,0.5,0.7",
         metadata={"help": "Checkpoint spec of the snapshot-ensemble arm (uniform weights); empty for none."},
     )
+    mi_selection: bool = field(
+        default=True,
+        metadata={
+            "help": "Add a T* arm: the checkpoint hf_ckd.selection picks per teacher (kde on penultimate features, "
+            "probe = the training split), written to <teacher>/selection.json."
+        },
+    )
     ensemble_average: str = field(
         default="probs",
         metadata={
@@ -186,6 +194,8 @@ class DemoArguments:
         if self.snapshot_ensemble.strip():
             items = [s.strip() for s in self.snapshot_ensemble.split(",") if s.strip()]
             arms.append({"name": "snapshot " + "+".join(items), "spec": ",".join(items), "alpha": self.alpha})
+        if self.mi_selection:
+            arms.append({"name": "T* (MI)", "spec": MI_SPEC, "alpha": self.alpha})
         return arms
 
 
@@ -483,6 +493,17 @@ def markdown(args: DemoArguments, rows: list[dict], teachers: list[dict], meta: 
         )
     lines += [
         "",
+        *(
+            [
+                "T* (MI): the checkpoint hf_ckd.selection picked for each teacher seed (kde, penultimate "
+                "features, probe = training split): "
+                + " / ".join(", ".join(t["arm_checkpoints"].get("T* (MI)", [])) for t in teachers)
+                + ". Scores in teachers/seed-k/selection.json.",
+                "",
+            ]
+            if args.mi_selection
+            else []
+        ),
         "Teacher acc.: the arm's checkpoint (or snapshot ensemble, probabilities averaged at tau = 1) on the test "
         "split, mean ± std over teacher seeds. Reading: a Δ within 2 SE is noise. The SE treats every run as "
         "independent, but runs that share a teacher are not, so a Δ whose sign changes across teacher seeds is "
@@ -594,6 +615,28 @@ def make_executor(args: DemoArguments) -> Executor:
     )
 
 
+def select_teacher(teacher_dir: str, train, arms: list[dict]) -> list[dict]:
+    """Score the trajectory with hf_ckd.selection (probe = the training split), write selection.json, and
+    return the arms with the T* arm's spec set to the selected checkpoint."""
+    from hf_ckd import Trajectory
+    from hf_ckd.selection import score_trajectory, select, write_selection
+
+    if not any(arm["spec"] == MI_SPEC for arm in arms):
+        return arms
+    DigitsCNN, _ = model_classes()
+    trajectory = Trajectory.from_local(teacher_dir)
+    batches = [train[i : i + 256] for i in range(0, len(train), 256)]
+    rows = score_trajectory(
+        trajectory, batches, model_init=DigitsCNN, device="cpu", estimator_params={"seed": 0}, progress=False
+    )
+    selected = select(rows)
+    probe = {"dataset": "sklearn digits, training split", "samples": len(train)}
+    write_selection(
+        os.path.join(teacher_dir, "selection.json"), trajectory, rows, selected, "kde", "penultimate", probe
+    )
+    return [dict(arm, spec=selected[0]) if arm["spec"] == MI_SPEC else arm for arm in arms]
+
+
 def describe_teacher(
     args: DemoArguments, seed: int, teacher_dir: str, arms: list[dict], test, metric
 ) -> dict:
@@ -666,7 +709,7 @@ def main(argv: list[str] | None = None) -> dict:
         if os.path.exists(os.path.join(args.output_dir, name)):
             os.remove(os.path.join(args.output_dir, name))
 
-    _, test = load_digits_splits(args.train_size, args.split_seed)
+    train, test = load_digits_splits(args.train_size, args.split_seed)
     metric = load_accuracy()
     arms = args.arms()
     DigitsCNN, DigitsMLP = model_classes()
@@ -714,7 +757,8 @@ def main(argv: list[str] | None = None) -> dict:
                         bar.update()
                         continue
                     k, teacher_dir = task["teacher_seed"], task["teacher_dir"]
-                    teachers[k] = describe_teacher(args, k, teacher_dir, arms, test, metric)
+                    teacher_arms = select_teacher(teacher_dir, train, arms)
+                    teachers[k] = describe_teacher(args, k, teacher_dir, teacher_arms, test, metric)
                     final = teachers[k]["checkpoints"][-1]
                     tqdm.write(
                         f"teacher {k}: {len(teachers[k]['checkpoints'])} checkpoints, test accuracy "
@@ -722,7 +766,7 @@ def main(argv: list[str] | None = None) -> dict:
                     )
                     bar.set_postfix_str(f"{len(teachers)}/{args.teacher_seeds} teacher(s) trained")
                     for j in range(args.student_seeds):
-                        for arm in arms:
+                        for arm in teacher_arms:
                             student = {
                                 "kind": "student",
                                 "teacher_seed": k,

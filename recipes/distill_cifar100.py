@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from hf_ckd.cli import last_checkpoint, log_distributed_setup, train_and_report
     from hf_ckd.metrics import classification_metrics
     from hf_ckd.optim import install_multistep_lr, parse_epochs
+    from hf_ckd.selection import teacher_spec
     from hf_ckd.teachers import TeacherEnsemble
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trajectory = Trajectory.from_local(training_args.teacher)
     teachers = TeacherEnsemble.from_trajectory(
         trajectory,
-        training_args.teacher_checkpoints,
+        teacher_spec(training_args, trajectory),
         training_args.teacher_weights,
         training_args.ensemble_average,
         dtype=training_args.teacher_dtype,

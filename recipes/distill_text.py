@@ -263,6 +263,7 @@ def resolve_teacher(training_args: CheckpointDistillConfig, task: str | None):
     from transformers import AutoConfig
 
     from hf_ckd import Trajectory
+    from hf_ckd.selection import teacher_spec
 
     if not training_args.teacher:
         raise ValueError(
@@ -270,7 +271,7 @@ def resolve_teacher(training_args: CheckpointDistillConfig, task: str | None):
             "a saved model folder."
         )
     trajectory = Trajectory.from_local(training_args.teacher)
-    selected = trajectory.select(training_args.teacher_checkpoints)
+    selected = trajectory.select(teacher_spec(training_args, trajectory))
     logger.info("Teacher trajectory %s; teaching: %s", trajectory, [c.name for c in selected])
     try:
         teacher_config = AutoConfig.from_pretrained(

@@ -42,7 +42,7 @@ def test_quick_demo_writes_results(quick_run, recipe):
     table = (output_dir / "results.md").read_text()
 
     names = [a["name"] for a in recipe.parse_args(["--output_dir", "x"]).arms()]
-    assert names == ["labels only", "T^0.3", "T^0.5", "T^full", "snapshot 0.3+0.5+0.7"]
+    assert names == ["labels only", "T^0.3", "T^0.5", "T^full", "snapshot 0.3+0.5+0.7", "T* (MI)"]
     assert [row["arm"] for row in results["arms"]] == names
     for row in results["arms"]:
         assert row["n"] >= 2
@@ -69,6 +69,11 @@ def test_quick_demo_writes_results(quick_run, recipe):
         teacher["checkpoints"][6]["name"],
     ]
     assert (output_dir / "teachers" / "seed-0" / "trainer_state.json").is_file()
+    # The T* arm distils from the checkpoint hf_ckd.selection wrote into the teacher's selection.json.
+    with open(output_dir / "teachers" / "seed-0" / "selection.json") as f:
+        selection = json.load(f)
+    assert teacher["arm_checkpoints"]["T* (MI)"] == selection["selected"]
+    assert len(selection["checkpoints"]) == len(teacher["checkpoints"])
     full = next(r for r in results["arms"] if r["arm"] == "T^full")
     assert full["delta_vs_full_mean"] == 0.0 and full["within_2se"]
     assert "Teacher trajectory" in table and "Wall time" in table
@@ -93,7 +98,7 @@ def test_paired_runs_are_deterministic(quick_run, recipe):
 
     from hf_ckd.metrics import classification_metrics
 
-    arm = args.arms()[-1]  # the snapshot ensemble
+    arm = args.arms()[-2]  # the snapshot ensemble
     run = next(r for r in results["runs"] if r["arm"] == arm["name"])
     teacher_dir = str(output_dir / "teachers" / f"seed-{run['teacher_seed']}")
     threads = torch.get_num_threads()
@@ -117,7 +122,16 @@ def test_arguments(recipe, tmp_path):
     with pytest.raises(ValueError, match="student_seeds"):
         recipe.parse_args(["--output_dir", "o", "--student_seeds", "1"])
     arms = recipe.parse_args(
-        ["--output_dir", "o", "--single_checkpoints", "0.2", "--snapshot_ensemble", ""]
+        [
+            "--output_dir",
+            "o",
+            "--single_checkpoints",
+            "0.2",
+            "--snapshot_ensemble",
+            "",
+            "--mi_selection",
+            "false",
+        ]
     ).arms()
     assert [a["name"] for a in arms] == ["labels only", "T^0.2", "T^full"]
 

@@ -170,3 +170,29 @@ def test_distill_cifar100_bad_input(case, message, cifar_teacher, cifar_dir, tmp
     with pytest.raises(ValueError, match=message):
         load_recipe("distill_cifar100").main(argv)
     assert sorted(os.listdir(out)) == ["all_results.json"] if case == "finished" else not out.exists()
+
+
+def test_select_teachers_then_distill_from_the_selection(cifar_teacher, cifar_dir, tmp_path):
+    selection = tmp_path / "selection.json"
+    content = load_recipe("select_teachers").main(
+        ["--trajectory", cifar_teacher, "--dataset_path", cifar_dir, "--probe_split", "test",
+         "--probe_samples", "32", "--output", str(selection), "--batch_size", "16"]
+    )  # fmt: skip
+    assert selection.is_file() and (tmp_path / "selection.png").is_file()
+    assert [row["name"] for row in content["checkpoints"]] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert content["probe"]["samples"] == 32 and content["estimator"] == "kde"
+    assert len(content["selected"]) == 1 and content["selected"][0] in {
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-6",
+    }
+    out = tmp_path / "student"
+    load_recipe("distill_cifar100").main(
+        ["--teacher", cifar_teacher, "--teacher_selection", str(selection), "--student_model", "cifar_resnet20",
+         "--dataset_path", cifar_dir, "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no",
+         "--eval_strategy", "no", *COMMON]
+    )  # fmt: skip
+    with open(out / "trainer_state.json") as f:
+        lineage = json.load(f)["stateful_callbacks"]["TeacherLineageCallback"]["args"]["lineage"]
+    assert [c["name"] for c in lineage["checkpoints"]] == content["selected"]
+    assert lineage["teacher_selection"] == str(selection)
