@@ -140,12 +140,14 @@ def score_trajectory(
     device: str | torch.device | None = None,
     min_samples: int = 20,
     progress: bool = True,
+    batch_size: int = 256,
 ) -> list[dict[str, Any]]:
     """One row per checkpoint: name, step, fraction, accuracy, I(X;F), I(Y;F), normalised terms, score.
 
     Args:
         trajectory: the teacher run.
-        probe_batches: batches (dicts of tensors with ``labels``) of the probe set, e.g. a DataLoader.
+        probe_batches: the probe set: batches (dicts of tensors with ``labels``), e.g. a DataLoader, or a
+            ``datasets.Dataset`` in torch format (batched here by ``batch_size``).
         estimator: a name in :data:`ESTIMATORS` (``kde`` by default).
         representation: ``penultimate`` (default), ``logits`` or ``probs`` (at ``temperature``).
         estimator_params: passed to :func:`estimate_mi` (``noise_std``, ``bins`` ...).
@@ -157,6 +159,8 @@ def score_trajectory(
 
     if estimator not in ESTIMATORS:
         raise SelectionError(f"Unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)}.")
+    if hasattr(probe_batches, "column_names"):  # a datasets.Dataset (torch format): batch it here
+        probe_batches = [probe_batches[i : i + batch_size] for i in range(0, len(probe_batches), batch_size)]
     batches = list(probe_batches)
     if not batches:
         raise SelectionError("The probe set is empty.")

@@ -60,6 +60,9 @@ def test_score_trajectory_rows_and_selection(text_teacher, text_data):
     best = max(rows, key=lambda r: r["score"])["name"]
     assert select(rows, k=1) == [best]
     assert len(select(rows, k=2)) == 2
+    # A datasets.Dataset is batched by score_trajectory itself, with the same result.
+    same = score_trajectory(traj, text_data[1], estimator="kde", progress=False, batch_size=64)
+    assert [r["score"] for r in same] == pytest.approx([r["score"] for r in rows])
     with pytest.raises(SelectionError, match="k=9"):
         select(rows, k=9)
 
