@@ -58,6 +58,26 @@ class ImageDataArguments:
         default=False, metadata={"help": "Train even if --output_dir already holds a finished run."}
     )
 
+    def transformed_splits(self, timm_model, raw_train, raw_eval, num_labels: int | None):
+        """Check the splits and attach train/eval transforms with ``timm_model``'s input size, mean and std.
+        Returns ``(train, eval_or_None, num_labels)``."""
+        import timm
+
+        from .data import image_classification_splits
+
+        data_config = timm.data.resolve_data_config({}, model=timm_model)
+        return image_classification_splits(
+            raw_train,
+            raw_eval,
+            self.image_column,
+            self.label_column,
+            num_labels,
+            data_config["mean"],
+            data_config["std"],
+            data_config["input_size"][-1],
+            self.crop_padding,
+        )
+
     def load_splits(self):
         """``(train, eval_or_None)`` raw splits, truncated to ``max_*_samples``."""
         from .data import get_split, load_dataset_from_args

@@ -54,15 +54,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((StudentArguments, ImageDataArguments, CifarDistillConfig))
     student_args, data_args, training_args = parse_recipe_args(parser, sys.argv[1:] if argv is None else argv)
 
-    import timm
     import transformers
-    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, set_seed
+    from transformers import set_seed
 
-    import hf_ckd.models  # noqa: F401  (registers the CIFAR architectures with timm)
     from hf_ckd import CheckpointDistillTrainer, Trajectory
     from hf_ckd import data as hf_data
     from hf_ckd.cli import last_checkpoint, log_distributed_setup, train_and_report
     from hf_ckd.metrics import classification_metrics
+    from hf_ckd.models import check_timm_architecture, timm_classifier
     from hf_ckd.optim import install_multistep_lr, parse_epochs
     from hf_ckd.selection import teacher_spec
     from hf_ckd.teachers import TeacherEnsemble
@@ -71,11 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     hf_data.guard_output_dir(training_args.output_dir, data_args.overwrite_output_dir)
     decay_epochs = parse_epochs(training_args.lr_decay_epochs)
-    if not timm.is_model(student_args.student_model):
-        close = timm.list_models(f"*{student_args.student_model.split('_')[0]}*")[:8]
-        raise hf_data.DataError(
-            f"--student_model '{student_args.student_model}' is not a timm architecture; close ones: {close}."
-        )
+    check_timm_architecture(student_args.student_model, "--student_model")
     if not training_args.teacher:
         raise hf_data.DataError("--teacher is required: the output_dir of the teacher's training run.")
 
@@ -96,29 +91,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     set_seed(training_args.seed)
     num_labels = teachers.output_size
-    student = TimmWrapperForImageClassification(
-        TimmWrapperConfig(
-            architecture=student_args.student_model,
-            num_labels=num_labels,
-            model_args={"drop_rate": student_args.drop_rate},
-        )
+    student = timm_classifier(
+        student_args.student_model, num_labels, "--student_model", drop_rate=student_args.drop_rate
     )
-    if hasattr(
-        student.timm_model, "init_weights"
-    ):  # transformers re-initialises from a config; restore timm's
-        student.timm_model.init_weights()
-    data_config = timm.data.resolve_data_config({}, model=student.timm_model)
-    train, evaluation, _ = hf_data.image_classification_splits(
-        raw_train,
-        raw_eval,
-        data_args.image_column,
-        data_args.label_column,
-        num_labels,
-        data_config["mean"],
-        data_config["std"],
-        data_config["input_size"][-1],
-        data_args.crop_padding,
-    )
+    train, evaluation, _ = data_args.transformed_splits(student.timm_model, raw_train, raw_eval, num_labels)
     if evaluation is None:
         training_args.eval_strategy = "no"
 

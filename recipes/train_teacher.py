@@ -104,41 +104,13 @@ def infer_task(model_name: str, trust_remote_code: bool) -> str:
 
 
 def build_image_task(model_args, data_args, raw_train, raw_eval):
-    import timm
-    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
-
     from hf_ckd import data
+    from hf_ckd.models import timm_classifier
 
-    if not timm.is_model(model_args.model_name):
-        close = timm.list_models(f"*{model_args.model_name.split('_')[0]}*")[:8]
-        raise data.DataError(
-            f"--model_name '{model_args.model_name}' is not a timm architecture; close ones: {close}."
-        )
-    num_labels = data.num_classes_of(
-        raw_train, data.image_columns(raw_train, data_args.image_column, data_args.label_column)[1]
-    )
-    config = TimmWrapperConfig(
-        architecture=model_args.model_name,
-        num_labels=num_labels,
-        model_args={"drop_rate": model_args.drop_rate},
-    )
-    model = TimmWrapperForImageClassification(config)
-    if hasattr(
-        model.timm_model, "init_weights"
-    ):  # transformers re-initialises from a config; restore the paper's
-        model.timm_model.init_weights()
-    data_config = timm.data.resolve_data_config({}, model=model.timm_model)
-    train, evaluation, _ = data.image_classification_splits(
-        raw_train,
-        raw_eval,
-        data_args.image_column,
-        data_args.label_column,
-        num_labels,
-        data_config["mean"],
-        data_config["std"],
-        data_config["input_size"][-1],
-        data_args.crop_padding,
-    )
+    _, label = data.image_columns(raw_train, data_args.image_column, data_args.label_column)
+    num_labels = data.num_classes_of(raw_train, label)
+    model = timm_classifier(model_args.model_name, num_labels, "--model_name", drop_rate=model_args.drop_rate)
+    train, evaluation, _ = data_args.transformed_splits(model.timm_model, raw_train, raw_eval, num_labels)
     return model, train, evaluation, data.collate_images, None
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "CifarMobileNetV2",
     "CifarResNet",
     "CifarWideResNet",
+    "check_timm_architecture",
     "cifar_mobilenetv2",
     "cifar_resnet20",
     "cifar_resnet32",
@@ -21,4 +22,32 @@ __all__ = [
     "cifar_wrn_16_2",
     "cifar_wrn_40_1",
     "cifar_wrn_40_2",
+    "timm_classifier",
 ]
+
+
+def check_timm_architecture(architecture: str, argument: str = "--model_name") -> None:
+    """Raise a ``ValueError`` naming ``argument`` and close names when timm does not know ``architecture``."""
+    import timm
+
+    if not timm.is_model(architecture):
+        close = timm.list_models(f"*{architecture.split('_')[0]}*")[:8]
+        raise ValueError(f"{argument} '{architecture}' is not a timm architecture; close ones: {close}.")
+
+
+def timm_classifier(architecture: str, num_labels: int, argument: str = "--model_name", **model_args):
+    """A ``TimmWrapperForImageClassification`` for a timm ``architecture`` with ``num_labels`` outputs.
+
+    Building the wrapper from a config re-draws every weight from N(0, 0.02); timm's own initialisation
+    (Kaiming for the CIFAR networks, as in the papers) is restored when the model has ``init_weights``.
+    An unknown ``architecture`` raises a ``ValueError`` naming ``argument`` and close timm names.
+    """
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    check_timm_architecture(architecture, argument)
+    model = TimmWrapperForImageClassification(
+        TimmWrapperConfig(architecture=architecture, num_labels=num_labels, model_args=model_args)
+    )
+    if hasattr(model.timm_model, "init_weights"):
+        model.timm_model.init_weights()
+    return model
