@@ -27,8 +27,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from .hub import checkpoint_config_file, fetch_checkpoint
 from .losses import AVERAGE_MODES, ensemble_log_probs, normalize_weights
-from .trajectory import Checkpoint, Trajectory
+from .trajectory import Checkpoint, Trajectory, TrajectoryError
 
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -171,6 +172,40 @@ def _auto_class(config) -> type:
     )
 
 
+def architecture_of(config: Mapping[str, Any]) -> str:
+    """What a ``config.json`` says the model is: its class, or for timm models the timm architecture."""
+    arch = (config.get("architectures") or [None])[0] or config.get("model_type") or "<unknown>"
+    timm_arch = config.get("architecture")
+    return f"{arch} ({timm_arch})" if timm_arch else arch
+
+
+def check_same_architecture(checkpoints: Sequence[Checkpoint], source: str) -> None:
+    """Refuse checkpoints whose ``config.json`` files name different architectures (one run's trajectory
+    has one). Reads only the configs (for Hub checkpoints, downloads only them)."""
+    archs = {}
+    for checkpoint in checkpoints:
+        path = checkpoint_config_file(checkpoint)
+        if path is not None:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    archs[checkpoint] = architecture_of(json.load(f))
+            except (OSError, json.JSONDecodeError):
+                continue  # reported with the checkpoint's other problems when it is loaded
+    if len(set(archs.values())) > 1:
+        counts = {a: list(archs.values()).count(a) for a in set(archs.values())}
+        majority = max(counts, key=counts.get)
+        odd = [
+            f"'{c.name}' ({c.location}{f', revision {c.revision}' if c.revision and c.path else ''}) is {a}"
+            for c, a in archs.items()
+            if a != majority
+        ]
+        raise TeacherLoadError(
+            f"The teacher checkpoints of '{source}' are not one architecture: {'; '.join(odd)}, but the others are "
+            f"{majority}. A trajectory holds the checkpoints of one training run: drop the odd checkpoint(s) from "
+            "the spec, or point at the right revision/folder."
+        )
+
+
 def _call_model_init(model_init: TeacherModelInit, checkpoint: Checkpoint) -> nn.Module:
     """Call ``model_init(checkpoint)`` if it has a required positional parameter, else ``model_init()``."""
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -194,7 +229,8 @@ def load_teacher(
     """Build a frozen, eval-mode teacher from a checkpoint.
 
     Args:
-        checkpoint: the checkpoint to load.
+        checkpoint: the checkpoint to load; a Hub checkpoint's files are downloaded first
+            (:func:`hf_ckd.hub.fetch_checkpoint`).
         model_init: optional callable ``() -> nn.Module`` or ``(checkpoint) -> nn.Module`` that builds the
             architecture; the checkpoint's weights are then loaded into it strictly. Without it the model
             class is read from ``config.json``.
@@ -206,6 +242,10 @@ def load_teacher(
     Returns:
         The model in eval mode with ``requires_grad=False`` on every parameter.
     """
+    try:
+        checkpoint = fetch_checkpoint(checkpoint)
+    except TrajectoryError as err:
+        raise TeacherLoadError(str(err)) from err
     problems = checkpoint_problems(checkpoint, needs_config=model_init is None)
     if problems:
         raise TeacherLoadError("\n".join(problems))
@@ -348,7 +388,8 @@ class TeacherEnsemble:
         """Select checkpoints by ``spec`` (see :meth:`Trajectory.select`) and load them.
 
         Every selected checkpoint is checked and loaded before this returns; one
-        :class:`TeacherLoadError` lists every checkpoint that failed.
+        :class:`TeacherLoadError` lists every checkpoint that failed. Hub checkpoints are downloaded
+        (only the selected ones), after their ``config.json`` files show one architecture.
         """
         selected = trajectory.select(spec)
         if weights is not None and len(weights) != len(selected):
@@ -357,8 +398,15 @@ class TeacherEnsemble:
                 f"checkpoints ({[c.name for c in selected]}); give one weight per selected checkpoint."
             )
         checkpoints, merged_weights = cls.merge_duplicates(selected, weights)
+        if model_init is None:
+            check_same_architecture(checkpoints, trajectory.source)
         models, problems = [], []
-        for checkpoint in checkpoints:
+        for i, checkpoint in enumerate(checkpoints):
+            try:
+                checkpoint = checkpoints[i] = fetch_checkpoint(checkpoint)
+            except TrajectoryError as err:
+                problems.append(str(err))
+                continue
             try:
                 models.append(
                     load_teacher(

@@ -36,6 +36,23 @@ class TrajectoryError(ValueError):
 
 
 @dataclass(frozen=True)
+class HubRepo:
+    """Where a Hub checkpoint's files come from, and how to reach them (see :mod:`hf_ckd.hub`).
+
+    Attributes:
+        repo_id: ``ORG/NAME`` of a model repo.
+        token: Hub token for private or gated repos (``None``: the logged-in token or ``HF_TOKEN``).
+        cache_dir: Hub cache folder (``None``: ``HF_HUB_CACHE``).
+        local_files_only: read the local cache only, never the network (set by ``HF_HUB_OFFLINE=1`` too).
+    """
+
+    repo_id: str
+    token: str | bool | None = field(default=None, repr=False, compare=False)
+    cache_dir: str | None = None
+    local_files_only: bool = False
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """One saved state of the teacher's training run.
 
@@ -47,7 +64,10 @@ class Checkpoint:
         fraction: ``step / final_step`` of the run, in ``[0, 1]`` (the paper's T^fraction).
         metrics: eval metrics logged at exactly this step (``eval_loss``, ``eval_accuracy`` ...).
         source: where the trajectory came from (local output dir or Hub repo id).
-        revision: Hub revision it was read from, or ``None`` for local folders.
+        revision: Hub revision (branch, tag or commit) it is read from, or ``None`` for local folders.
+        subfolder: folder inside the Hub revision (``checkpoint-500``), or ``None`` for the revision's root.
+        hub: the Hub repo a checkpoint lives in; ``path`` is then empty until its files are downloaded
+            (:func:`hf_ckd.hub.fetch_checkpoint`, which teacher loading calls).
     """
 
     name: str
@@ -58,6 +78,15 @@ class Checkpoint:
     metrics: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
     source: str = ""
     revision: str | None = None
+    subfolder: str | None = None
+    hub: HubRepo | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def location(self) -> str:
+        """Human-readable place of the files: the local folder, or ``ORG/NAME@revision/subfolder``."""
+        if self.path or self.hub is None:
+            return self.path
+        return f"{self.hub.repo_id}@{self.revision}" + (f"/{self.subfolder}" if self.subfolder else "")
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary used in lineage records and model cards."""
@@ -68,10 +97,12 @@ class Checkpoint:
             "fraction": round(self.fraction, 6),
             "source": self.source,
             "revision": self.revision,
+            "subfolder": self.subfolder,
         }
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def read_json_file(path: str) -> dict[str, Any]:
+    """A JSON file's content; invalid JSON raises a :class:`TrajectoryError` naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -82,7 +113,8 @@ def _read_json(path: str) -> dict[str, Any]:
         ) from err
 
 
-def _eval_metrics(log_history: list[dict[str, Any]], step: int) -> dict[str, float]:
+def eval_metrics_at(log_history: list[dict[str, Any]], step: int) -> dict[str, float]:
+    """The ``eval_*`` numbers a ``trainer_state.json`` log history holds for ``step``."""
     metrics: dict[str, float] = {}
     for entry in log_history:
         if entry.get("step") == step:
@@ -100,7 +132,8 @@ class Trajectory(Sequence[Checkpoint]):
     """Checkpoints of one training run, sorted by step.
 
     Build one with :meth:`from_local` (a Trainer ``output_dir``, a single model folder, or an explicit
-    list of checkpoint folders). ``fraction`` is ``step / final_step`` where ``final_step`` is the last
+    list of checkpoint folders) or :meth:`from_hub` (branches, tags or ``checkpoint-*`` subfolders of a Hub
+    repo). ``fraction`` is ``step / final_step`` where ``final_step`` is the last
     step the run reached (the largest of the checkpoints' steps and the run's own ``trainer_state.json``).
     """
 
@@ -113,7 +146,7 @@ class Trajectory(Sequence[Checkpoint]):
         if duplicates:
             raise TrajectoryError(
                 f"Trajectory '{source}' has several checkpoints at step(s) {duplicates}: "
-                f"{[c.path for c in ordered if c.step in duplicates]}. Keep one folder per step."
+                f"{[c.location for c in ordered if c.step in duplicates]}. Keep one checkpoint per step."
             )
         self.source = source
         self.final_step = max(final_step or 0, steps[-1])
@@ -127,6 +160,8 @@ class Trajectory(Sequence[Checkpoint]):
                 metrics=dict(c.metrics),
                 source=c.source or source,
                 revision=c.revision,
+                subfolder=c.subfolder,
+                hub=c.hub,
             )
             for c in ordered
         ]
@@ -167,12 +202,38 @@ class Trajectory(Sequence[Checkpoint]):
                 "save_total_limit unset to keep the whole trajectory), or a folder with config.json and weights."
             )
         run_state_path = os.path.join(root, TRAINER_STATE_NAME)
-        run_state = _read_json(run_state_path) if os.path.isfile(run_state_path) else {}
+        run_state = read_json_file(run_state_path) if os.path.isfile(run_state_path) else {}
         return cls._from_paths(
             [os.path.join(root, d) for d in dirs],
             source=root,
             final_step=run_state.get("global_step"),
             log_history=run_state.get("log_history", []),
+        )
+
+    @classmethod
+    def from_hub(
+        cls,
+        repo_id: str,
+        revisions: str | Sequence[str] | None = None,
+        subfolders: str | Sequence[str] | None = None,
+        pattern: str | None = None,
+        revision: str = "main",
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+    ) -> Trajectory:
+        """The checkpoints a Hub repo publishes; see :func:`hf_ckd.hub.trajectory_from_hub`."""
+        from .hub import trajectory_from_hub  # hub builds on this module; imported here to keep it optional
+
+        return trajectory_from_hub(
+            repo_id,
+            revisions=revisions,
+            subfolders=subfolders,
+            pattern=pattern,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
         )
 
     @classmethod
@@ -191,7 +252,7 @@ class Trajectory(Sequence[Checkpoint]):
                 raise TrajectoryError(f"Checkpoint folder '{p}' does not exist or is not a folder.")
             name = os.path.basename(os.path.normpath(p))
             state_path = os.path.join(p, TRAINER_STATE_NAME)
-            state = _read_json(state_path) if os.path.isfile(state_path) else {}
+            state = read_json_file(state_path) if os.path.isfile(state_path) else {}
             step = state.get("global_step")
             if step is None:
                 match = _CHECKPOINT_DIR_RE.match(name) or _TRAILING_STEP_RE.search(name)
@@ -201,7 +262,7 @@ class Trajectory(Sequence[Checkpoint]):
                         f"does not end in a step number. Rename it {PREFIX_CHECKPOINT_DIR}-<step>."
                     )
                 step = int(match.group(1)) if match else 0
-            metrics = _eval_metrics(state.get("log_history", []) or (log_history or []), step)
+            metrics = eval_metrics_at(state.get("log_history", []) or (log_history or []), step)
             checkpoints.append(
                 Checkpoint(
                     name=name,

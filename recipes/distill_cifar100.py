@@ -57,9 +57,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import transformers
     from transformers import set_seed
 
-    from hf_ckd import CheckpointDistillTrainer, Trajectory
+    from hf_ckd import CheckpointDistillTrainer
     from hf_ckd import data as hf_data
     from hf_ckd.cli import last_checkpoint, log_distributed_setup, train_and_report
+    from hf_ckd.hub import teacher_trajectory
     from hf_ckd.metrics import classification_metrics
     from hf_ckd.models import check_timm_architecture, timm_classifier
     from hf_ckd.optim import install_multistep_lr, parse_epochs
@@ -72,10 +73,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     decay_epochs = parse_epochs(training_args.lr_decay_epochs)
     check_timm_architecture(student_args.student_model, "--student_model")
     if not training_args.teacher:
-        raise hf_data.DataError("--teacher is required: the output_dir of the teacher's training run.")
+        raise hf_data.DataError(
+            "--teacher is required: the output_dir of the teacher's training run, or hub:ORG/NAME."
+        )
 
     # Teachers first: a broken trajectory fails before any data is read.
-    trajectory = Trajectory.from_local(training_args.teacher)
+    trajectory = teacher_trajectory(training_args)
     teachers = TeacherEnsemble.from_trajectory(
         trajectory,
         teacher_spec(training_args, trajectory),

@@ -262,16 +262,17 @@ def resolve_teacher(training_args: CheckpointDistillConfig, task: str | None):
     """The teacher trajectory, the selected checkpoints, the first one's config, and the task."""
     from transformers import AutoConfig
 
-    from hf_ckd import Trajectory
+    from hf_ckd.hub import fetch_checkpoint, teacher_trajectory
     from hf_ckd.selection import teacher_spec
 
     if not training_args.teacher:
         raise ValueError(
-            "--teacher is required: the output_dir of the teacher's Trainer run (checkpoint-<step>/ folders) or "
-            "a saved model folder."
+            "--teacher is required: the output_dir of the teacher's Trainer run (checkpoint-<step>/ folders), "
+            "a saved model folder, or hub:ORG/NAME."
         )
-    trajectory = Trajectory.from_local(training_args.teacher)
-    selected = trajectory.select(teacher_spec(training_args, trajectory))
+    trajectory = teacher_trajectory(training_args)
+    # Hub checkpoints are downloaded here (weights, config, tokenizer), once; teacher loading reuses the cache.
+    selected = [fetch_checkpoint(c) for c in trajectory.select(teacher_spec(training_args, trajectory))]
     logger.info("Teacher trajectory %s; teaching: %s", trajectory, [c.name for c in selected])
     try:
         teacher_config = AutoConfig.from_pretrained(

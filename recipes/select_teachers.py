@@ -33,7 +33,20 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SelectionArguments:
     trajectory: str = field(
-        metadata={"help": "The teacher run: a Trainer output_dir with checkpoint-<step>/ folders."}
+        metadata={
+            "help": "The teacher run: a Trainer output_dir with checkpoint-<step>/ folders, or a Hub repo "
+            "hub:ORG/NAME[@PATTERN] (branches/tags per checkpoint, or checkpoint-<step>/ subfolders)."
+        }
+    )
+    revision: str = field(
+        default="main",
+        metadata={"help": "For a Hub trajectory: the revision whose checkpoint-<step>/ subfolders are read."},
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Hub cache folder for a Hub trajectory (default: HF_HUB_CACHE)."}
+    )
+    token: str | None = field(
+        default=None, metadata={"help": "Hub token for a private trajectory (default: the logged-in token)."}
     )
     output: str = field(
         default="selection.json",
@@ -105,12 +118,14 @@ def probe_batches(checkpoint, probe_args, selection_args):
     from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding
 
     from hf_ckd import data
+    from hf_ckd.hub import fetch_checkpoint
 
     raw = data.load_dataset_from_args(
         probe_args.dataset_name, probe_args.dataset_config_name, probe_args.dataset_path
     )
     split = data.get_split(raw, probe_args.probe_split, "probe_split")
     split = split.shuffle(seed=selection_args.seed).select(range(min(probe_args.probe_samples, len(split))))
+    checkpoint = fetch_checkpoint(checkpoint)
     config = AutoConfig.from_pretrained(checkpoint.path)
     if getattr(config, "model_type", None) == "timm_wrapper":
         model = timm.create_model(config.architecture, pretrained=False, num_classes=config.num_labels)
@@ -191,12 +206,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from hf_ckd import Trajectory
+    from hf_ckd.hub import load_trajectory
     from hf_ckd.selection import score_trajectory, select, write_selection
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.manual_seed(selection_args.seed)
-    trajectory = Trajectory.from_local(selection_args.trajectory)
+    trajectory = load_trajectory(
+        selection_args.trajectory,
+        revision=selection_args.revision,
+        token=selection_args.token,
+        cache_dir=selection_args.cache_dir,
+    )
     candidates = list(dict.fromkeys(trajectory.select(selection_args.checkpoints)))
     batches, probe_size = probe_batches(candidates[-1], probe_args, selection_args)
     params = {
