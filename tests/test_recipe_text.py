@@ -566,3 +566,21 @@ def test_train_teacher_text_trajectory_feeds_distill_text(recipe, workspace, tmp
     out = tmp_path / "student"
     recipe.main(classification_args(workspace, str(teacher_dir), out))
     check_lineage(out, str(teacher_dir), ["checkpoint-20", "checkpoint-40"])
+
+
+def test_teacher_from_the_hub(recipe, workspace, bert_teacher, tmp_path):
+    """--teacher hub:ORG/NAME@PATTERN: the trajectory, its weights and its tokenizer come from a Hub cache
+    (one branch per step), read offline by the real huggingface_hub code."""
+    from hub_cache import folder_files, write_hub_cache
+
+    checkpoints = sorted(Path(bert_teacher).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    revisions = {f"step{p.name.split('-')[1]}": folder_files(p, skip=("optimizer.pt",)) for p in checkpoints}
+    write_hub_cache(tmp_path / "cache", "org/bert", revisions)
+    out = tmp_path / "student"
+    teacher = "hub:org/bert@step*"
+    results = recipe.main(
+        classification_args(workspace, teacher, out, teacher_cache_dir=tmp_path / "cache", save_strategy="no")
+    )
+    assert results["eval_accuracy"] > 0.75, results
+    check_lineage(out, teacher, ["step30", "step45"])
+    assert (out / "tokenizer.json").is_file()  # the teacher's tokenizer, downloaded with its weights
