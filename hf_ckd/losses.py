@@ -192,3 +192,397 @@ def kd_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Single-teacher KD: :func:`ensemble_kd_loss` with one teacher."""
     return ensemble_kd_loss(student_logits, [teacher_logits], labels, **kwargs)
+
+
+# ---- large vocabularies: KD from hidden states and LM-head weights ---------------------------------
+
+KD_LOSS_MODES = ("full", "chunked", "sampled")
+
+
+def _linear_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``hidden @ weight.T + bias`` in the inputs' dtype, returned as (at least) float32: ``[n, V]``."""
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    return _upcast(logits)
+
+
+class _TeacherHeads:
+    """M teachers as hidden states and LM heads; gives the tempered ensemble target for a range of rows."""
+
+    def __init__(self, hidden, weight, bias, temperature, weights, average):
+        self.hidden, self.weight, self.bias = hidden, weight, bias
+        self.temperature, self.weights, self.average = temperature, weights, average
+
+    @torch.no_grad()
+    def log_target(self, rows: slice) -> torch.Tensor:
+        """log P_ens^tau for ``rows``, ``[n, V]`` float32; non-finite teacher logits raise."""
+        logits = [_linear_logits(h[rows], w, b) for h, w, b in zip(self.hidden, self.weight, self.bias)]
+        for i, z in enumerate(logits):
+            if not bool(torch.isfinite(z).all()):
+                raise ValueError(
+                    f"Teacher {i} has NaN/Inf logits (positions {rows.start}..{rows.stop}); check its hidden states "
+                    "and LM head (try fp32)."
+                )
+        return ensemble_log_probs(logits, self.temperature, self.weights, self.average)
+
+
+class _ChunkedLinearKD(torch.autograd.Function):
+    """Exact KD (and CE) sums over positions in chunks, never holding ``[N, V]``; backward recomputes each
+    chunk's logits. Sums: ``kd = tau^2 * sum_i KL(P_T^tau || p_S^tau)``, ``ce = sum_i CE(y_i, p_S)``."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, teachers, temperature, chunk_size, with_kd, with_ce):
+        kd_sum = hidden.new_zeros((), dtype=torch.float32)
+        ce_sum = hidden.new_zeros((), dtype=torch.float32)
+        with torch.no_grad():
+            for start in range(0, hidden.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                logits = _linear_logits(hidden[rows], weight, bias)
+                if with_kd:
+                    log_target = teachers.log_target(rows)
+                    log_student = F.log_softmax(logits / temperature, dim=-1)
+                    kd_sum += (log_target.exp() * (log_target - log_student)).sum()
+                if with_ce:
+                    ce_sum += F.cross_entropy(logits, labels[rows], reduction="sum")
+        ctx.save_for_backward(hidden, weight, bias, labels)
+        ctx.teachers, ctx.temperature, ctx.chunk_size = teachers, temperature, chunk_size
+        ctx.with_kd, ctx.with_ce = with_kd, with_ce
+        return temperature**2 * kd_sum, ce_sum
+
+    @staticmethod
+    def backward(ctx, grad_kd, grad_ce):
+        hidden, weight, bias, labels = ctx.saved_tensors
+        tau = ctx.temperature
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_bias = (
+            torch.zeros_like(bias, dtype=torch.float32)
+            if bias is not None and ctx.needs_input_grad[2]
+            else None
+        )
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            logits = _linear_logits(hidden[rows], weight, bias)
+            # d/dz of tau^2 * KL(P || softmax(z / tau)) = tau * (softmax(z / tau) - P); of CE: softmax(z) - onehot(y).
+            grad_logits = torch.zeros_like(logits)
+            if ctx.with_kd:
+                target = ctx.teachers.log_target(rows).exp()
+                grad_logits += (grad_kd * tau) * (F.softmax(logits / tau, dim=-1) - target)
+            if ctx.with_ce:
+                ce_grad = F.softmax(logits, dim=-1)
+                ce_grad[torch.arange(ce_grad.shape[0], device=ce_grad.device), labels[rows]] -= 1
+                grad_logits += grad_ce * ce_grad
+            if grad_hidden is not None:
+                grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += grad_logits.T @ _upcast(hidden[rows])
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, list | tuple) else [x]
+
+
+def _check_linear_inputs(
+    student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias
+):
+    """Flatten and check the shapes; returns ``[N, Hs]`` student hidden and M ``[N, Ht]`` teacher hidden."""
+    if student_weight.dim() != 2 or student_hidden.shape[-1] != student_weight.shape[1]:
+        raise ValueError(
+            f"Student hidden states end in {student_hidden.shape[-1]} features but the student head weight has "
+            f"shape {tuple(student_weight.shape)}; expected [V, {student_hidden.shape[-1]}]."
+        )
+    vocab = student_weight.shape[0]
+    if student_bias is not None and student_bias.shape != (vocab,):
+        raise ValueError(f"Student head bias has shape {tuple(student_bias.shape)}, expected ({vocab},).")
+    hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
+    teachers = []
+    for i, (h, w, b) in enumerate(zip(teacher_hidden, teacher_weight, teacher_bias)):
+        if w.dim() != 2 or h.shape[-1] != w.shape[1]:
+            raise ValueError(
+                f"Teacher {i} hidden states end in {h.shape[-1]} features but its head weight has shape "
+                f"{tuple(w.shape)}; expected [V, {h.shape[-1]}]."
+            )
+        if w.shape[0] != vocab:
+            raise ValueError(
+                f"Teacher {i} predicts over a vocabulary of {w.shape[0]} tokens but the student over {vocab}; "
+                "teacher and student must share the vocabulary (same tokenizer and vocab_size)."
+            )
+        if b is not None and b.shape != (vocab,):
+            raise ValueError(f"Teacher {i} head bias has shape {tuple(b.shape)}, expected ({vocab},).")
+        h = h.reshape(-1, h.shape[-1])
+        if h.shape[0] != hidden.shape[0]:
+            raise ValueError(
+                f"Teacher {i} has {h.shape[0]} positions but the student {hidden.shape[0]}; pass hidden states of "
+                "the same batch."
+            )
+        teachers.append(h.detach())
+    return hidden, teachers
+
+
+def linear_distillation_loss(
+    student_hidden: torch.Tensor,
+    student_head_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor | Sequence[torch.Tensor],
+    teacher_head_weight: torch.Tensor | Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    alpha: float = 0.0,
+    mode: str = "chunked",
+    chunk_size: int = 1024,
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    student_head_bias: torch.Tensor | None = None,
+    teacher_head_bias: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+    weights: Sequence[float] | None = None,
+    average: str = "probs",
+    sampled_normalizer: str = "importance",
+    proposal_teacher_mass: float = 0.5,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``alpha * CE + (1 - alpha) * tau^2 * KL(P_T^tau || p_S^tau)`` from hidden states and LM heads.
+
+    The same loss as :func:`ensemble_kd_loss` on the logits ``hidden @ head_weight.T + bias``, computed in
+    one of three modes (DESIGN.md §3, docs/large_vocab.md):
+
+    * ``"full"`` materialises ``[N, V]`` logits (the reference);
+    * ``"chunked"`` is exact: positions in chunks of ``chunk_size``, a custom ``autograd.Function`` that
+      recomputes a chunk's logits in backward, so memory is ``O(chunk_size * V)``, not ``O(N * V)``;
+    * ``"sampled"`` estimates it from ``num_samples`` vocabulary rows per position: the teacher's
+      expectation from ``num_samples`` draws of P_T^tau per position (unbiased), the student's
+      log-normaliser by importance sampling from a proposal shared by the batch (``proposal_teacher_mass``
+      of the drawn teacher tokens' frequencies mixed with uniform), or exactly in chunks with
+      ``sampled_normalizer="exact"``. The teacher's target is computed in chunks without gradient; only the
+      student's rows for the drawn ids get gradients.
+
+    Args:
+        student_hidden: ``[..., Hs]``, flattened to ``[N, Hs]`` (positions already aligned with ``labels``:
+            for causal LMs, shift the labels first).
+        student_head_weight: ``[V, Hs]``.
+        teacher_hidden, teacher_head_weight: ``[..., Ht]`` and ``[V, Ht]``, or lists of M of them (an
+            ensemble, combined by ``weights`` and ``average`` as in :func:`ensemble_log_probs`). Never
+            differentiated.
+        labels: ``[...]`` (N positions); ``ignore_index`` marks positions that are skipped.
+        temperature: tau > 0.
+        alpha: weight of the hard-label cross-entropy (``0``: the KD term alone).
+        num_items_in_batch: divide the sums by this instead of by the kept positions of this batch.
+
+    Returns:
+        ``(loss, parts)`` as :func:`ensemble_kd_loss`: ``parts = {"ce", "kd", "num_items"}`` (detached).
+    """
+    _check_hyperparameters(temperature, alpha)
+    if mode not in KD_LOSS_MODES:
+        raise ValueError(f"mode must be one of {KD_LOSS_MODES}, got {mode!r}.")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
+    teacher_hidden, teacher_weight = _as_list(teacher_hidden), _as_list(teacher_head_weight)
+    teacher_bias = (
+        _as_list(teacher_head_bias) if teacher_head_bias is not None else [None] * len(teacher_hidden)
+    )
+    if not (len(teacher_hidden) == len(teacher_weight) == len(teacher_bias)) or not teacher_hidden:
+        raise ValueError(
+            f"Got {len(teacher_hidden)} teacher hidden states, {len(teacher_weight)} head weights and "
+            f"{len(teacher_bias)} biases; give one of each per teacher."
+        )
+    hidden, teacher_hidden = _check_linear_inputs(
+        student_hidden, student_head_weight, student_head_bias, teacher_hidden, teacher_weight, teacher_bias
+    )
+    vocab = student_head_weight.shape[0]
+    flat_labels = labels.reshape(-1)
+    if flat_labels.shape[0] != hidden.shape[0]:
+        raise ValueError(
+            f"labels hold {flat_labels.shape[0]} positions but the hidden states {hidden.shape[0]}."
+        )
+    mask = flat_labels != ignore_index
+    num_items = mask.sum()
+    if mode == "sampled":
+        if num_samples is None or not isinstance(num_samples, int) or not 1 <= num_samples <= vocab:
+            raise ValueError(
+                f"mode='sampled' needs num_samples, an integer in [1, V={vocab}], got {num_samples!r} "
+                "(e.g. 2% of the vocabulary)."
+            )
+        if sampled_normalizer not in ("importance", "exact"):
+            raise ValueError(
+                f"sampled_normalizer must be 'importance' or 'exact', got {sampled_normalizer!r}."
+            )
+        if not 0.0 <= proposal_teacher_mass < 1.0:
+            raise ValueError(f"proposal_teacher_mass must lie in [0, 1), got {proposal_teacher_mass!r}.")
+    keep = mask.nonzero().squeeze(-1)
+    hidden = hidden[keep]
+    teacher_hidden = [h[keep] for h in teacher_hidden]
+    kept_labels = flat_labels[keep]
+    teachers = _TeacherHeads(teacher_hidden, teacher_weight, teacher_bias, temperature, weights, average)
+    with_kd, with_ce = alpha < 1, alpha > 0
+
+    if mode == "full":
+        logits = _linear_logits(hidden, student_head_weight, student_head_bias)
+        log_target = teachers.log_target(slice(0, hidden.shape[0])) if with_kd else None
+        kd_sum = (
+            temperature**2
+            * F.kl_div(F.log_softmax(logits / temperature, -1), log_target, reduction="sum", log_target=True)
+            if with_kd
+            else logits.new_zeros(())
+        )
+        ce_sum = F.cross_entropy(logits, kept_labels, reduction="sum") if with_ce else logits.new_zeros(())
+    elif mode == "chunked":
+        kd_sum, ce_sum = _ChunkedLinearKD.apply(
+            hidden, student_head_weight, student_head_bias, kept_labels, teachers, temperature, chunk_size,
+            with_kd, with_ce,
+        )  # fmt: skip
+    else:
+        kd_sum, ce_sum = _sampled_linear_kd(
+            hidden, student_head_weight, student_head_bias, kept_labels, teachers, temperature, chunk_size,
+            num_samples, generator, sampled_normalizer, proposal_teacher_mass, with_kd, with_ce,
+        )  # fmt: skip
+
+    denom = num_items_in_batch if num_items_in_batch is not None else num_items.clamp(min=1)
+    kd, ce = kd_sum / denom, ce_sum / denom
+    zero = kd.new_zeros(())
+    loss = (alpha * ce if with_ce else zero) + ((1 - alpha) * kd if with_kd else zero)
+    if hidden.shape[0] == 0:  # keep the graph connected: a batch of ignored positions gives zero gradients
+        loss = loss + 0.0 * student_head_weight.sum()
+    return loss, {"ce": ce.detach(), "kd": kd.detach(), "num_items": num_items.detach()}
+
+
+def linear_kd_loss(
+    student_hidden: torch.Tensor,
+    student_head_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    mode: str = "chunked",
+    chunk_size: int = 1024,
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """The KD term ``tau^2 * KL(P_T^tau || p_S^tau)`` averaged over kept positions, from hidden states
+    ``[N, Hs]``/``[N, Ht]`` and head weights ``[V, Hs]``/``[V, Ht]``; see :func:`linear_distillation_loss`
+    for the modes and the keyword arguments (``student_head_bias``, ``teacher_head_bias``,
+    ``sampled_normalizer``, ...). Gradients reach the student's hidden states, head weight and bias only.
+
+    Raises:
+        ValueError: mismatched vocabularies or shapes, ``chunk_size < 1``, ``num_samples`` outside
+            ``[1, V]``, every position ignored, non-finite teacher logits.
+    """
+    if labels is not None and not bool((labels.reshape(-1) != kwargs.get("ignore_index", -100)).any()):
+        raise ValueError(
+            "Every position of labels is ignored (-100): there is nothing to distil in this batch."
+        )
+    loss, _ = linear_distillation_loss(
+        student_hidden,
+        student_head_weight,
+        teacher_hidden,
+        teacher_head_weight,
+        labels,
+        temperature=temperature,
+        alpha=0.0,
+        mode=mode,
+        chunk_size=chunk_size,
+        num_samples=num_samples,
+        generator=generator,
+        **kwargs,
+    )
+    return loss
+
+
+def _sampled_linear_kd(
+    hidden, weight, bias, labels, teachers, temperature, chunk_size, num_samples, generator, normalizer,
+    teacher_mass, with_kd, with_ce,
+):  # fmt: skip
+    """Sampled estimate of the KD and CE sums (see :func:`linear_distillation_loss`)."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    device = hidden.device
+    zero = hidden.new_zeros((), dtype=torch.float32)
+    if n == 0:
+        return zero, zero
+    # 1. Teacher pass in chunks, no gradient: exact entropy, num_samples draws of P_T^tau per position.
+    entropy_sum = zero.clone()
+    draws = torch.empty(n, num_samples if with_kd else 0, dtype=torch.long, device=device)
+    if with_kd:
+        for start in range(0, n, chunk_size):
+            rows = slice(start, start + chunk_size)
+            log_target = teachers.log_target(rows)
+            probs = log_target.exp()
+            entropy_sum -= (probs * log_target).sum()
+            draws[rows] = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
+    # 2. One proposal for the batch: frequencies of the drawn teacher tokens mixed with uniform.
+    proposal = torch.full((vocab,), 1.0 / vocab, dtype=torch.float32, device=device)
+    if with_kd and teacher_mass > 0:
+        counts = torch.bincount(draws.reshape(-1), minlength=vocab).float()
+        proposal = teacher_mass * counts / counts.sum() + (1 - teacher_mass) * proposal
+    use_importance = normalizer == "importance"
+    negatives = (
+        torch.multinomial(proposal, num_samples, replacement=True, generator=generator)
+        if use_importance
+        else draws.new_empty(0)
+    )
+    # 3. Student logits on the union of the ids every position needs: [n, |S|], never [n, V].
+    ids = torch.cat([draws.reshape(-1), negatives, labels if with_ce else labels.new_empty(0)])
+    support, inverse = torch.unique(ids, return_inverse=True)
+    logits = _linear_logits(hidden, weight[support], bias[support] if bias is not None else None)
+    draw_cols = inverse[: draws.numel()].view(n, -1)
+    neg_cols = inverse[draws.numel() : draws.numel() + negatives.numel()]
+    label_cols = inverse[draws.numel() + negatives.numel() :]
+
+    def log_normalizer(scale: float) -> torch.Tensor:
+        """log sum_v exp(z_v / scale) per position: importance-sampled from the proposal, or exact."""
+        if use_importance:
+            log_weights = logits[:, neg_cols] / scale - proposal[negatives].log()
+            return torch.logsumexp(log_weights, dim=-1) - math.log(num_samples)
+        return _ChunkedLogSumExp.apply(hidden, weight, bias, scale, chunk_size)
+
+    kd_sum = ce_sum = zero
+    if with_kd:
+        cross = logits.gather(1, draw_cols).mean(dim=1) / temperature  # estimates sum_v P_T(v) z_v / tau
+        kd_sum = temperature**2 * (log_normalizer(temperature).sum() - cross.sum() - entropy_sum)
+    if with_ce:
+        ce_sum = (log_normalizer(1.0) - logits.gather(1, label_cols[:, None]).squeeze(1)).sum()
+    return kd_sum, ce_sum
+
+
+class _ChunkedLogSumExp(torch.autograd.Function):
+    """``logsumexp(hidden @ weight.T / scale + bias / scale)`` per row, ``[n]``, in chunks of rows (exact)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, scale, chunk_size):
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        with torch.no_grad():
+            for start in range(0, hidden.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                out[rows] = torch.logsumexp(_linear_logits(hidden[rows], weight, bias) / scale, dim=-1)
+        ctx.save_for_backward(hidden, weight, bias)
+        ctx.scale, ctx.chunk_size = scale, chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            logits = _linear_logits(hidden[rows], weight, bias)
+            grad_logits = F.softmax(logits / ctx.scale, dim=-1) * (grad_out[rows, None] / ctx.scale)
+            grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+            grad_weight += grad_logits.T @ _upcast(hidden[rows])
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+        return (
+            grad_hidden,
+            grad_weight.to(weight.dtype),
+            grad_bias.to(bias.dtype) if grad_bias is not None else None,
+            None,
+            None,
+        )

@@ -1,0 +1,190 @@
+"""KD from hidden states and LM heads (large vocabularies): `chunked` equals `full` in value and gradients,
+`full` equals the logits-level loss, `sampled` is unbiased where it claims to be and converges to `full`."""
+
+import math
+
+import pytest
+import torch
+
+from hf_ckd.losses import ensemble_kd_loss, linear_distillation_loss, linear_kd_loss
+
+
+def problem(
+    n=37, vocab=97, hs=12, ht=20, seed=0, ignored=(3, 10, 11), bias=True, teachers=1, dtype=torch.float32
+):
+    g = torch.Generator().manual_seed(seed)
+    student_h = torch.randn(n, hs, generator=g, dtype=dtype, requires_grad=True)
+    student_w = (torch.randn(vocab, hs, generator=g, dtype=dtype) / math.sqrt(hs)).requires_grad_()
+    student_b = (0.1 * torch.randn(vocab, generator=g, dtype=dtype)).requires_grad_() if bias else None
+    # Zipf-like teachers: a few tokens carry most of the mass.
+    zipf = -1.1 * torch.log(torch.arange(1, vocab + 1, dtype=dtype))[torch.randperm(vocab, generator=g)]
+    teacher_h = [torch.randn(n, ht, generator=g, dtype=dtype) for _ in range(teachers)]
+    teacher_w = [torch.randn(vocab, ht, generator=g, dtype=dtype) / math.sqrt(ht) for _ in range(teachers)]
+    teacher_b = [zipf.clone() for _ in range(teachers)]
+    labels = torch.randint(0, vocab, (n,), generator=g)
+    labels[list(ignored)] = -100
+    return dict(
+        student_hidden=student_h,
+        student_head_weight=student_w,
+        student_head_bias=student_b,
+        teacher_hidden=teacher_h if teachers > 1 else teacher_h[0],
+        teacher_head_weight=teacher_w if teachers > 1 else teacher_w[0],
+        teacher_head_bias=teacher_b if teachers > 1 else teacher_b[0],
+        labels=labels,
+    )
+
+
+def grads(loss, p):
+    params = [p["student_hidden"], p["student_head_weight"]] + (
+        [p["student_head_bias"]] if p["student_head_bias"] is not None else []
+    )
+    return torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize(
+    ("n", "vocab", "chunk_size", "temperature", "alpha"),
+    [(37, 97, 8, 2.0, 0.0), (37, 97, 1, 1.0, 0.3), (64, 500, 64, 4.0, 0.5), (12, 1000, 3, 0.7, 0.0)],
+)
+def test_chunked_equals_full(n, vocab, chunk_size, temperature, alpha):
+    p = problem(n=n, vocab=vocab)
+    kwargs = dict(temperature=temperature, alpha=alpha, chunk_size=chunk_size)
+    full, full_parts = linear_distillation_loss(**p, mode="full", **kwargs)
+    chunked, chunked_parts = linear_distillation_loss(**p, mode="chunked", **kwargs)
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked_parts["kd"], full_parts["kd"], rtol=1e-5, atol=1e-6)
+    for g_chunked, g_full in zip(grads(chunked, p), grads(full, p)):
+        torch.testing.assert_close(g_chunked, g_full, rtol=1e-5, atol=1e-6)
+
+
+def test_full_equals_the_logits_level_loss():
+    """The linear loss is ensemble_kd_loss on hidden @ W.T + b, teacher ensembles included."""
+    p = problem(teachers=3)
+    weights = [0.2, 0.3, 0.5]
+    for average in ("probs", "logits"):
+        linear, parts = linear_distillation_loss(
+            **p, temperature=2.0, alpha=0.4, mode="chunked", chunk_size=5, weights=weights, average=average
+        )
+        student = p["student_hidden"] @ p["student_head_weight"].T + p["student_head_bias"]
+        teachers = [
+            h @ w.T + b
+            for h, w, b in zip(p["teacher_hidden"], p["teacher_head_weight"], p["teacher_head_bias"])
+        ]
+        reference, ref_parts = ensemble_kd_loss(
+            student, teachers, p["labels"], temperature=2.0, alpha=0.4, weights=weights, average=average
+        )
+        torch.testing.assert_close(linear, reference, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(parts["ce"], ref_parts["ce"], rtol=1e-5, atol=1e-6)
+        assert int(parts["num_items"]) == 37 - 3
+
+
+def test_num_items_in_batch_divides_the_sums():
+    p = problem()
+    mean, parts = linear_distillation_loss(**p, temperature=2.0, mode="chunked")
+    summed, _ = linear_distillation_loss(**p, temperature=2.0, mode="chunked", num_items_in_batch=1)
+    torch.testing.assert_close(summed, mean * parts["num_items"])
+
+
+def test_teacher_is_never_differentiated():
+    p = problem()
+    p["teacher_hidden"].requires_grad_(True)
+    p["teacher_head_weight"].requires_grad_(True)
+    for mode, extra in (("full", {}), ("chunked", {}), ("sampled", {"num_samples": 16})):
+        loss = linear_kd_loss(**p, temperature=2.0, mode=mode, **extra)
+        loss.backward()
+        assert p["teacher_hidden"].grad is None and p["teacher_head_weight"].grad is None
+        assert p["student_head_weight"].grad is not None
+
+
+def sampled(p, k, seed, normalizer="importance", temperature=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return linear_kd_loss(
+        **p,
+        temperature=temperature,
+        mode="sampled",
+        num_samples=k,
+        generator=g,
+        sampled_normalizer=normalizer,
+    )
+
+
+def test_sampled_with_exact_normaliser_is_unbiased():
+    """With the exact log-normaliser only the teacher expectation is sampled: its mean over draws is the
+    full loss, and so is the mean gradient."""
+    p = problem(n=16, vocab=60, ignored=())
+    full = linear_kd_loss(**p, temperature=2.0, mode="full")
+    full_grad = grads(full, p)[1]
+    losses, weight_grads = [], []
+    for seed in range(300):
+        loss = sampled(p, 4, seed, "exact")
+        losses.append(loss.detach())
+        weight_grads.append(grads(loss, p)[1])
+    losses = torch.stack(losses)
+    stderr = losses.std() / math.sqrt(len(losses))
+    assert abs(losses.mean() - full) < 4 * stderr + 1e-6, (losses.mean(), full, stderr)
+    stacked = torch.stack(weight_grads)
+    z = (stacked.mean(0) - full_grad) / (stacked.std(0) / math.sqrt(len(stacked)) + 1e-12)
+    assert z.pow(2).mean() < 2.0, z.pow(2).mean()  # E[z^2] = 1 for an unbiased estimate
+
+
+def test_sampled_error_shrinks_with_num_samples():
+    p = problem(n=32, vocab=400, ignored=())
+    full = linear_kd_loss(**p, temperature=2.0, mode="full").item()
+
+    def rms_error(k):
+        return math.sqrt(sum((sampled(p, k, seed).item() - full) ** 2 for seed in range(20)) / 20)
+
+    errors = [rms_error(k) for k in (4, 32, 256)]
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.05 * full, (errors, full)
+
+
+def test_sampled_at_full_vocabulary_equals_full():
+    p = problem(n=24, vocab=80, ignored=())
+    full = linear_kd_loss(**p, temperature=1.0, mode="full").item()
+    values = [sampled(p, 80, seed, "exact", temperature=1.0).item() for seed in range(5)]
+    spread = max(values) - min(values)
+    assert all(abs(v - full) < max(3 * spread, 0.02 * full) for v in values), (values, full)
+
+
+def test_sampled_touches_only_sampled_rows():
+    """The student's head gets gradient only in the rows of drawn ids (plus labels for CE)."""
+    p = problem(n=4, vocab=5000, ignored=(), bias=False)
+    loss = sampled(p, 8, 0)
+    grad_w = grads(loss, p)[1]
+    touched = int((grad_w.abs().sum(1) > 0).sum())
+    assert 0 < touched <= 4 * 8 + 8
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_input():
+    p = problem()
+    with pytest.raises(ValueError, match=r"vocabulary of 50 tokens but the student over 97"):
+        linear_kd_loss(**{**p, "teacher_head_weight": torch.randn(50, 20), "teacher_head_bias": None})
+    with pytest.raises(ValueError, match=r"Student hidden states end in 12 features.*\[V, 12\]"):
+        linear_kd_loss(**{**p, "student_head_weight": torch.randn(97, 13)})
+    with pytest.raises(ValueError, match=r"Teacher 0 has 5 positions but the student 37"):
+        linear_kd_loss(**{**p, "teacher_hidden": torch.randn(5, 20)})
+    with pytest.raises(ValueError, match=r"chunk_size must be an integer >= 1"):
+        linear_kd_loss(**p, chunk_size=0)
+    for k in (0, 98, None):
+        with pytest.raises(ValueError, match=r"num_samples, an integer in \[1, V=97\]"):
+            linear_kd_loss(**p, mode="sampled", num_samples=k)
+    with pytest.raises(ValueError, match=r"Every position of labels is ignored"):
+        linear_kd_loss(**{**p, "labels": torch.full((37,), -100)})
+    bad = p["teacher_hidden"].clone()
+    bad[7, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"Teacher 0 has NaN/Inf logits"):
+        linear_kd_loss(**{**p, "teacher_hidden": bad}, mode="chunked")
+    with pytest.raises(ValueError, match=r"mode must be one of"):
+        linear_kd_loss(**p, mode="fast")
+
+
+def test_all_ignored_inside_the_trainer_path_gives_zero_gradients():
+    """A micro-batch with no kept position (possible under gradient accumulation) is a zero, not an error."""
+    p = problem()
+    p["labels"] = torch.full((37,), -100)
+    loss, parts = linear_distillation_loss(**p, mode="chunked", temperature=2.0)
+    assert loss.item() == 0.0 and int(parts["num_items"]) == 0
+    assert all(float(g.abs().sum()) == 0.0 for g in grads(loss, p)[1:])
