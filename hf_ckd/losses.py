@@ -84,6 +84,8 @@ def ensemble_log_probs(
         mean_logits = sum(wi * _upcast(t) for wi, t in zip(w, teacher_logits))
         return F.log_softmax(mean_logits / temperature, dim=-1)
     kept = [(wi, t) for wi, t in zip(w, teacher_logits) if wi > 0]
+    if len(kept) == 1:  # one teacher: its own tempered log-probabilities (no stack, no logsumexp)
+        return F.log_softmax(_upcast(kept[0][1]) / temperature, dim=-1)
     stacked = torch.stack([F.log_softmax(_upcast(t) / temperature, dim=-1) + math.log(wi) for wi, t in kept])
     return torch.logsumexp(stacked, dim=0)
 
@@ -216,74 +218,112 @@ class _TeacherHeads:
 
     @torch.no_grad()
     def log_target(self, rows: slice) -> torch.Tensor:
-        """log P_ens^tau for ``rows``, ``[n, V]`` float32; non-finite teacher logits raise."""
+        """log P_ens^tau for ``rows``, ``[n, V]`` float32."""
         logits = [_linear_logits(h[rows], w, b) for h, w, b in zip(self.hidden, self.weight, self.bias)]
-        for i, z in enumerate(logits):
-            if not bool(torch.isfinite(z).all()):
-                raise ValueError(
-                    f"Teacher {i} has NaN/Inf logits (positions {rows.start}..{rows.stop}); check its hidden states "
-                    "and LM head (try fp32)."
-                )
         return ensemble_log_probs(logits, self.temperature, self.weights, self.average)
+
+    def check_finite(self, value: torch.Tensor) -> None:
+        """Raise, naming the teacher, when a sum over the target is not finite (cheaper than checking every
+        logit: a NaN/Inf logit always makes the sum NaN)."""
+        if bool(torch.isfinite(value)):
+            return
+        for i, (h, w, b) in enumerate(zip(self.hidden, self.weight, self.bias)):
+            if not bool(torch.isfinite(_linear_logits(h, w, b)).all()):
+                raise ValueError(
+                    f"Teacher {i} has NaN/Inf logits; check its hidden states and LM head (try fp32)."
+                )
+        raise ValueError("The distillation loss is not finite; check the student's hidden states and head.")
+
+
+def _chunk_grads(hidden, weight, bias, grad_logits_fn, chunk_size, grads_needed):
+    """Run ``grad_logits_fn(rows, logits) -> (loss_sum, grad_logits)`` over chunks of rows and accumulate
+    the gradients of the summed loss w.r.t. ``hidden``, ``weight`` and ``bias`` (``None`` when not needed).
+
+    Returns ``(loss_sum, grad_hidden, grad_weight, grad_bias)``; memory is ``O(chunk_size * V)`` plus the
+    gradients themselves.
+    """
+    need_hidden, need_weight, need_bias = grads_needed
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+    grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        logits = _linear_logits(hidden[rows], weight, bias)
+        loss_sum, grad_logits = grad_logits_fn(rows, logits)
+        total += loss_sum
+        if grad_logits is None:
+            continue
+        if grad_hidden is not None:
+            grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+        if grad_weight is not None:
+            grad_weight.addmm_(grad_logits.T, _upcast(hidden[rows]))
+        if grad_bias is not None:
+            grad_bias += grad_logits.sum(0)
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(bias.dtype)
+    return total, grad_hidden, grad_weight, grad_bias
 
 
 class _ChunkedLinearKD(torch.autograd.Function):
-    """Exact KD (and CE) sums over positions in chunks, never holding ``[N, V]``; backward recomputes each
-    chunk's logits. Sums: ``kd = tau^2 * sum_i KL(P_T^tau || p_S^tau)``, ``ce = sum_i CE(y_i, p_S)``."""
+    """Exact ``kd_weight * tau^2 * sum_i KL(P_T^tau || p_S^tau) + ce_weight * sum_i CE(y_i, p_S)`` over
+    positions in chunks, never holding ``[N, V]``.
+
+    Like Liger-Kernel's fused linear losses, each chunk's gradients w.r.t. the student's hidden states, head
+    weight and bias are computed in the forward pass, right after the chunk's logits (one pass over the
+    vocabulary instead of a recomputation in backward); backward scales them by the incoming gradient.
+    Outputs ``(loss, kd_sum, ce_sum)``; the two sums are for logging and carry no gradient.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, teachers, temperature, chunk_size, with_kd, with_ce):
+    def forward(ctx, hidden, weight, bias, labels, teachers, temperature, chunk_size, kd_weight, ce_weight):
+        tau = temperature
         kd_sum = hidden.new_zeros((), dtype=torch.float32)
         ce_sum = hidden.new_zeros((), dtype=torch.float32)
+        grads_needed = tuple(ctx.needs_input_grad[:3])
+        if bias is None:
+            grads_needed = (grads_needed[0], grads_needed[1], False)
+        with_grad = any(grads_needed)
+
+        def chunk(rows, logits):
+            nonlocal kd_sum, ce_sum
+            loss = logits.new_zeros(())
+            grad_logits = torch.zeros_like(logits) if with_grad else None
+            if kd_weight:
+                log_target = teachers.log_target(rows)
+                log_student = F.log_softmax(logits / tau, dim=-1)
+                kl = (log_target.exp() * (log_target - log_student)).sum()
+                kd_sum = kd_sum + kl
+                loss = loss + kd_weight * tau**2 * kl
+                if with_grad:
+                    # d/dz of tau^2 * KL(P || softmax(z / tau)) = tau * (softmax(z / tau) - P)
+                    grad_logits += (kd_weight * tau) * (log_student.exp_() - log_target.exp_())
+            if ce_weight:
+                ce = F.cross_entropy(logits, labels[rows], reduction="sum")
+                ce_sum = ce_sum + ce
+                loss = loss + ce_weight * ce
+                if with_grad:
+                    ce_grad = F.softmax(logits, dim=-1)
+                    ce_grad[torch.arange(ce_grad.shape[0], device=ce_grad.device), labels[rows]] -= 1
+                    grad_logits += ce_weight * ce_grad
+            return loss, grad_logits
+
         with torch.no_grad():
-            for start in range(0, hidden.shape[0], chunk_size):
-                rows = slice(start, start + chunk_size)
-                logits = _linear_logits(hidden[rows], weight, bias)
-                if with_kd:
-                    log_target = teachers.log_target(rows)
-                    log_student = F.log_softmax(logits / temperature, dim=-1)
-                    kd_sum += (log_target.exp() * (log_target - log_student)).sum()
-                if with_ce:
-                    ce_sum += F.cross_entropy(logits, labels[rows], reduction="sum")
-        ctx.save_for_backward(hidden, weight, bias, labels)
-        ctx.teachers, ctx.temperature, ctx.chunk_size = teachers, temperature, chunk_size
-        ctx.with_kd, ctx.with_ce = with_kd, with_ce
-        return temperature**2 * kd_sum, ce_sum
+            loss, grad_hidden, grad_weight, grad_bias = _chunk_grads(
+                hidden, weight, bias, chunk, chunk_size, grads_needed
+            )
+        if kd_weight:
+            teachers.check_finite(kd_sum)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.mark_non_differentiable(kd_sum, ce_sum)
+        return loss, tau**2 * kd_sum, ce_sum
 
     @staticmethod
-    def backward(ctx, grad_kd, grad_ce):
-        hidden, weight, bias, labels = ctx.saved_tensors
-        tau = ctx.temperature
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        grad_bias = (
-            torch.zeros_like(bias, dtype=torch.float32)
-            if bias is not None and ctx.needs_input_grad[2]
-            else None
-        )
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
-            rows = slice(start, start + ctx.chunk_size)
-            logits = _linear_logits(hidden[rows], weight, bias)
-            # d/dz of tau^2 * KL(P || softmax(z / tau)) = tau * (softmax(z / tau) - P); of CE: softmax(z) - onehot(y).
-            grad_logits = torch.zeros_like(logits)
-            if ctx.with_kd:
-                target = ctx.teachers.log_target(rows).exp()
-                grad_logits += (grad_kd * tau) * (F.softmax(logits / tau, dim=-1) - target)
-            if ctx.with_ce:
-                ce_grad = F.softmax(logits, dim=-1)
-                ce_grad[torch.arange(ce_grad.shape[0], device=ce_grad.device), labels[rows]] -= 1
-                grad_logits += grad_ce * ce_grad
-            if grad_hidden is not None:
-                grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight += grad_logits.T @ _upcast(hidden[rows])
-            if grad_bias is not None:
-                grad_bias += grad_logits.sum(0)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+    def backward(ctx, grad_loss, _grad_kd, _grad_ce):
+        grads = [g * grad_loss.to(g.dtype) if g is not None else None for g in ctx.saved_tensors]
+        return (*grads, None, None, None, None, None, None)
 
 
 def _as_list(x) -> list:
@@ -433,21 +473,24 @@ def linear_distillation_loss(
             else logits.new_zeros(())
         )
         ce_sum = F.cross_entropy(logits, kept_labels, reduction="sum") if with_ce else logits.new_zeros(())
+        if with_kd:
+            teachers.check_finite(kd_sum)
+        loss_sum = alpha * ce_sum + (1 - alpha) * kd_sum
     elif mode == "chunked":
-        kd_sum, ce_sum = _ChunkedLinearKD.apply(
+        kd_weight, ce_weight = (1 - alpha) if with_kd else 0.0, alpha if with_ce else 0.0
+        loss_sum, kd_sum, ce_sum = _ChunkedLinearKD.apply(
             hidden, student_head_weight, student_head_bias, kept_labels, teachers, temperature, chunk_size,
-            with_kd, with_ce,
+            kd_weight, ce_weight,
         )  # fmt: skip
     else:
         kd_sum, ce_sum = _sampled_linear_kd(
             hidden, student_head_weight, student_head_bias, kept_labels, teachers, temperature, chunk_size,
             num_samples, generator, sampled_normalizer, proposal_teacher_mass, with_kd, with_ce,
         )  # fmt: skip
+        loss_sum = alpha * ce_sum + (1 - alpha) * kd_sum
 
     denom = num_items_in_batch if num_items_in_batch is not None else num_items.clamp(min=1)
-    kd, ce = kd_sum / denom, ce_sum / denom
-    zero = kd.new_zeros(())
-    loss = (alpha * ce if with_ce else zero) + ((1 - alpha) * kd if with_kd else zero)
+    loss, kd, ce = loss_sum / denom, kd_sum / denom, ce_sum / denom
     if hidden.shape[0] == 0:  # keep the graph connected: a batch of ignored positions gives zero gradients
         loss = loss + 0.0 * student_head_weight.sum()
     return loss, {"ce": ce.detach(), "kd": kd.detach(), "num_items": num_items.detach()}
@@ -514,7 +557,9 @@ def _sampled_linear_kd(
             rows = slice(start, start + chunk_size)
             log_target = teachers.log_target(rows)
             probs = log_target.exp()
-            entropy_sum -= (probs * log_target).sum()
+            chunk_entropy = -(probs * log_target).sum()
+            teachers.check_finite(chunk_entropy)
+            entropy_sum += chunk_entropy
             draws[rows] = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
     # 2. One proposal for the batch: frequencies of the drawn teacher tokens mixed with uniform.
     proposal = torch.full((vocab,), 1.0 / vocab, dtype=torch.float32, device=device)
@@ -535,54 +580,45 @@ def _sampled_linear_kd(
     neg_cols = inverse[draws.numel() : draws.numel() + negatives.numel()]
     label_cols = inverse[draws.numel() + negatives.numel() :]
 
-    def log_normalizer(scale: float) -> torch.Tensor:
-        """log sum_v exp(z_v / scale) per position: importance-sampled from the proposal, or exact."""
+    def log_normalizer_sum(scale: float) -> torch.Tensor:
+        """sum_i log sum_v exp(z_iv / scale): importance-sampled from the proposal, or exact in chunks."""
         if use_importance:
             log_weights = logits[:, neg_cols] / scale - proposal[negatives].log()
-            return torch.logsumexp(log_weights, dim=-1) - math.log(num_samples)
+            return (torch.logsumexp(log_weights, dim=-1) - math.log(num_samples)).sum()
         return _ChunkedLogSumExp.apply(hidden, weight, bias, scale, chunk_size)
 
     kd_sum = ce_sum = zero
     if with_kd:
         cross = logits.gather(1, draw_cols).mean(dim=1) / temperature  # estimates sum_v P_T(v) z_v / tau
-        kd_sum = temperature**2 * (log_normalizer(temperature).sum() - cross.sum() - entropy_sum)
+        kd_sum = temperature**2 * (log_normalizer_sum(temperature) - cross.sum() - entropy_sum)
     if with_ce:
-        ce_sum = (log_normalizer(1.0) - logits.gather(1, label_cols[:, None]).squeeze(1)).sum()
+        ce_sum = log_normalizer_sum(1.0) - logits.gather(1, label_cols[:, None]).sum()
     return kd_sum, ce_sum
 
 
 class _ChunkedLogSumExp(torch.autograd.Function):
-    """``logsumexp(hidden @ weight.T / scale + bias / scale)`` per row, ``[n]``, in chunks of rows (exact)."""
+    """``sum_i logsumexp_v((hidden @ weight.T + bias)[i, v] / scale)``, exact, in chunks of rows; gradients are
+    computed in the forward pass as in :class:`_ChunkedLinearKD`."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, scale, chunk_size):
-        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grads_needed = (
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[2],
+        )
+
+        def chunk(rows, logits):
+            log_norm = torch.logsumexp(logits / scale, dim=-1)
+            grad = (logits / scale - log_norm[:, None]).exp_() / scale if any(grads_needed) else None
+            return log_norm.sum(), grad
+
         with torch.no_grad():
-            for start in range(0, hidden.shape[0], chunk_size):
-                rows = slice(start, start + chunk_size)
-                out[rows] = torch.logsumexp(_linear_logits(hidden[rows], weight, bias) / scale, dim=-1)
-        ctx.save_for_backward(hidden, weight, bias)
-        ctx.scale, ctx.chunk_size = scale, chunk_size
-        return out
+            total, *grads = _chunk_grads(hidden, weight, bias, chunk, chunk_size, grads_needed)
+        ctx.save_for_backward(*grads)
+        return total
 
     @staticmethod
-    def backward(ctx, grad_out):
-        hidden, weight, bias = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
-            rows = slice(start, start + ctx.chunk_size)
-            logits = _linear_logits(hidden[rows], weight, bias)
-            grad_logits = F.softmax(logits / ctx.scale, dim=-1) * (grad_out[rows, None] / ctx.scale)
-            grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
-            grad_weight += grad_logits.T @ _upcast(hidden[rows])
-            if grad_bias is not None:
-                grad_bias += grad_logits.sum(0)
-        return (
-            grad_hidden,
-            grad_weight.to(weight.dtype),
-            grad_bias.to(bias.dtype) if grad_bias is not None else None,
-            None,
-            None,
-        )
+    def backward(ctx, grad_total):
+        grads = [g * grad_total.to(g.dtype) if g is not None else None for g in ctx.saved_tensors]
+        return (*grads, None, None)
