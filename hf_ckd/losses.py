@@ -111,6 +111,7 @@ def ensemble_kd_loss(
     ignore_index: int = -100,
     shift_labels: bool = False,
     num_items_in_batch: int | torch.Tensor | None = None,
+    log_target: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Snapshot-ensemble KD loss ``alpha * CE + (1 - alpha) * tau^2 * KL(P_ens^tau || p_S^tau)``.
 
@@ -127,6 +128,8 @@ def ensemble_kd_loss(
         shift_labels: causal LM: score position t against label t+1 (see :func:`shift_for_causal_lm`).
         num_items_in_batch: when given, sums are divided by it instead of by the number of kept
             positions in this batch (exact gradient accumulation / multi-process token averaging).
+        log_target: a precomputed target log P^tau shaped like ``student_logits`` (e.g. from a soft-target
+            cache), used instead of ``teacher_logits``; ``-inf`` entries are ids without mass.
 
     Returns:
         ``(loss, parts)`` with ``parts = {"ce": ..., "kd": ..., "num_items": ...}``; ``ce``/``kd`` use the
@@ -162,7 +165,12 @@ def ensemble_kd_loss(
             mask = mask.view(student_logits.shape[:-1])
             mask[..., -1] = False
             mask = mask.reshape(-1)
-    if alpha < 1 and len(teacher_logits) == 0:
+    if log_target is not None and log_target.shape != student_logits.shape:
+        raise ValueError(
+            f"log_target has shape {tuple(log_target.shape)} but the student's logits are "
+            f"{tuple(student_logits.shape)}."
+        )
+    if alpha < 1 and len(teacher_logits) == 0 and log_target is None:
         raise ValueError(f"alpha={alpha} < 1 weights a distillation term but no teacher logits were given.")
 
     student = _upcast(student_logits.reshape(-1, num_classes)[mask])
@@ -171,7 +179,13 @@ def ensemble_kd_loss(
 
     zero = student.new_zeros(())
     ce_sum = F.cross_entropy(student, flat_labels[mask], reduction="sum") if flat_labels is not None else zero
-    if len(teacher_logits) > 0:
+    if log_target is not None:
+        target = _upcast(log_target.reshape(-1, num_classes)[mask]).detach()
+        log_student = F.log_softmax(student / temperature, dim=-1)
+        # Ids without target mass (-inf) contribute 0 * (-inf - log p_S) = 0.
+        kl = torch.where(torch.isfinite(target), target.exp() * (target - log_student), 0.0).sum(dim=-1)
+        kd_sum = temperature**2 * kl.sum()
+    elif len(teacher_logits) > 0:
         teachers = [t.reshape(-1, num_classes)[mask] for t in teacher_logits]
         log_target = ensemble_log_probs(teachers, temperature, weights, average).detach()
         log_student = F.log_softmax(student / temperature, dim=-1)

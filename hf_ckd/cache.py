@@ -1,0 +1,436 @@
+"""Soft-target cache: the teachers' ensemble targets computed once, stored as a memory-mapped ``datasets``
+Arrow table keyed by (example index, augmentation view), and replayed to the student (DESIGN.md §6).
+
+* **Augmentation replay.** View ``v`` of example ``i`` is the training transform run with every RNG it may
+  use (torch, Python ``random``, NumPy) seeded from ``(seed, i, v)``; at epoch ``e`` the student gets view
+  ``e mod views`` through the same transform, so it trains on exactly the pixels its targets were computed
+  on (:class:`ReplayViews`, :class:`ReplayViewCallback`).
+* **Storage.** ``"probs"``: the full tempered ensemble distribution (fp16 by default) for small label
+  spaces. ``"topk"``: the k largest probabilities and the residual mass, spread uniformly over the other
+  ids when read back (biased: the tail's shape is lost). ``"sampled"``: k draws from the distribution
+  stored as distinct ids and counts (unbiased: E[count / k] = p).
+* **Fingerprint and atomicity.** The teachers' weight-file hashes, temperature, ensemble weights and
+  averaging, the dataset's fingerprint and size, the transform, views, seed, storage, k and dtype are stored
+  in ``hf_ckd_cache.json``; a run whose settings differ is refused with the command that rebuilds the cache.
+  A build writes into a temporary folder and renames it when complete, so a killed build never looks like a
+  cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .teachers import TeacherEnsemble, _weight_files
+from .trajectory import Checkpoint
+
+CACHE_CONFIG_NAME = "hf_ckd_cache.json"
+TABLE_DIR = "table"
+STORAGE_MODES = ("probs", "topk", "sampled")
+CACHE_KEYS = ("cache_index", "cache_view")
+CACHE_FORMAT_VERSION = 1
+
+
+class CacheError(ValueError):
+    """A soft-target cache is missing, incomplete, or was built for other teachers, data or settings."""
+
+
+# ---- augmentation replay ---------------------------------------------------------------------------
+
+
+def view_seed(seed: int, index: int, view: int) -> int:
+    """The RNG seed of view ``view`` of example ``index`` (stable across processes, machines and runs)."""
+    digest = hashlib.blake2b(f"{seed}:{index}:{view}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed torch's CPU RNG, Python's ``random`` and NumPy's global RNG; restore all three afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class ReplayViews(torch.utils.data.Dataset):
+    """Example ``i`` of ``dataset`` under the current augmentation view, reproducibly.
+
+    Args:
+        dataset: a ``datasets.Dataset`` (or any sized, indexable dataset) of raw examples.
+        transform: ``example dict -> model inputs dict`` (e.g. ``{"pixel_values": ..., "labels": ...}``); any
+            randomness must come from torch, ``random`` or NumPy's global RNG (torchvision v2, timm and
+            PIL-based transforms do).
+        views: number of distinct augmented views per example (``>= 1``).
+        seed: base seed of the views.
+
+    Items carry ``cache_index`` and ``cache_view`` for the trainer to look their targets up. The view is
+    ``epoch mod views``, set by :meth:`set_epoch` (``ReplayViewCallback`` calls it at each epoch).
+    """
+
+    def __init__(self, dataset, transform: Callable[[dict], dict], views: int = 1, seed: int = 0):
+        if not isinstance(views, int) or views < 1:
+            raise CacheError(f"views must be an integer >= 1, got {views!r}.")
+        self.dataset, self.transform, self.views, self.seed = dataset, transform, views, seed
+        self.view = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.view = int(epoch) % self.views
+
+    def item(self, index: int, view: int) -> dict[str, Any]:
+        example = dict(self.dataset[int(index)])
+        with seeded_rngs(view_seed(self.seed, int(index), view)):
+            out = dict(self.transform(example))
+        out["cache_index"], out["cache_view"] = int(index), int(view)
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(index, self.view)
+
+    def describe(self) -> dict[str, Any]:
+        """What the targets depend on: the data (fingerprint, size), the transform, the views and the seed."""
+        return {
+            "dataset_fingerprint": getattr(self.dataset, "_fingerprint", None),
+            "num_examples": len(self.dataset),
+            "transform": repr(self.transform),
+            "views": self.views,
+            "seed": self.seed,
+        }
+
+
+class ExampleTransform:
+    """``example -> {"pixel_values": transform(example[image_column]), "labels": example[label_column]}``,
+    with a stable ``repr`` (it goes into the cache fingerprint; a lambda's ``repr`` changes every run)."""
+
+    def __init__(self, transform: Callable, image_column: str = "image", label_column: str = "label"):
+        self.transform, self.image_column, self.label_column = transform, image_column, label_column
+
+    def __call__(self, example: dict) -> dict:
+        return {
+            "pixel_values": self.transform(example[self.image_column]),
+            "labels": example[self.label_column],
+        }
+
+    def __repr__(self) -> str:
+        return f"ExampleTransform({self.transform!r}, image_column={self.image_column!r}, label_column={self.label_column!r})"
+
+
+class ReplayViewCallback(TrainerCallback):
+    """Sets the replayed view of the training dataset to ``epoch mod views`` at the start of every epoch
+    (resumed runs included: the epoch comes from the restored ``TrainerState``)."""
+
+    def __init__(self, dataset: ReplayViews):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
+
+
+def collate_with_cache_keys(collate_fn: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+    """Wrap a collator so ``cache_index`` / ``cache_view`` of the items reach the trainer as tensors."""
+
+    def collate(items: list[dict]) -> dict:
+        batch = collate_fn([{k: v for k, v in item.items() if k not in CACHE_KEYS} for item in items])
+        for key in CACHE_KEYS:
+            if key in items[0]:
+                batch[key] = torch.tensor([item[key] for item in items], dtype=torch.long)
+        return batch
+
+    return collate
+
+
+# ---- fingerprint -----------------------------------------------------------------------------------
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_hashes(checkpoints: Sequence[Checkpoint]) -> list[str]:
+    """sha256 of each checkpoint's weight files (what the targets depend on), without loading a model."""
+    hashes = []
+    for checkpoint in checkpoints:
+        files = _weight_files(checkpoint.path) if checkpoint.path else []
+        if not files:
+            raise CacheError(
+                f"Teacher checkpoint '{checkpoint.name}' ({checkpoint.location}) has no weight files."
+            )
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file_sha256(file).encode())
+        hashes.append(digest.hexdigest())
+    return hashes
+
+
+def run_fingerprint(
+    checkpoints: Sequence[Checkpoint],
+    weights: Sequence[float],
+    average: str,
+    temperature: float,
+    replay: ReplayViews,
+) -> dict[str, Any]:
+    """What a run needs its cache to have been built from."""
+    return {
+        "teachers": [c.name for c in checkpoints],
+        "teacher_hashes": teacher_hashes(checkpoints),
+        "weights": [round(float(w), 8) for w in weights],
+        "average": average,
+        "temperature": float(temperature),
+        **replay.describe(),
+    }
+
+
+# ---- build -----------------------------------------------------------------------------------------
+
+
+def _encode(probs: torch.Tensor, storage: str, k: int, generator: torch.Generator) -> dict[str, list]:
+    """``[B, V]`` float32 probabilities to the stored columns of one batch."""
+    if storage == "probs":
+        return {"probs": probs.cpu().numpy()}
+    if storage == "topk":
+        values, ids = probs.topk(k, dim=-1)
+        residual = (1.0 - values.sum(-1)).clamp(min=0.0)
+        return {
+            "ids": ids.int().cpu().numpy(),
+            "probs": values.cpu().numpy(),
+            "residual": residual.cpu().numpy(),
+        }
+    draws = torch.multinomial(probs.cpu(), k, replacement=True, generator=generator)
+    ids, counts = [], []
+    for row in draws:
+        unique, count = torch.unique(row, return_counts=True)
+        ids.append(unique.int().numpy())
+        counts.append(count.int().numpy())
+    return {"ids": ids, "counts": counts}
+
+
+def build_soft_target_cache(
+    teachers: TeacherEnsemble,
+    dataset,
+    output_dir: str,
+    *,
+    transform: Callable[[dict], dict],
+    collate_fn: Callable[[list[dict]], dict],
+    temperature: float,
+    views: int = 1,
+    seed: int = 0,
+    storage: str = "probs",
+    k: int | None = None,
+    dtype: str = "float16",
+    batch_size: int = 256,
+    accelerator=None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SoftTargetCache:
+    """Compute the ensemble's tempered targets for every (example, view) and store them at ``output_dir``.
+
+    Args:
+        teachers: the loaded ensemble (its weights and averaging are used and recorded).
+        dataset: raw examples (a ``datasets.Dataset``: its fingerprint is recorded).
+        transform: the training transform, ``example -> inputs`` (replayed per view, see :class:`ReplayViews`).
+        collate_fn: turns a list of transformed examples into a batch for the teachers.
+        temperature: tau of the targets (must equal the run's ``temperature``).
+        views: augmented views per example; the student sees view ``epoch mod views``.
+        storage: ``"probs"``, ``"topk"`` or ``"sampled"`` (the latter two need ``k < num_classes``).
+        dtype: float dtype of stored probabilities (``float16`` or ``float32``).
+        accelerator: an ``accelerate.Accelerator`` to build with several processes (each computes a shard;
+            the main process writes the one cache).
+
+    Returns:
+        The :class:`SoftTargetCache` (opened from disk).
+    """
+    from datasets import Dataset, concatenate_datasets, load_from_disk
+    from tqdm.auto import tqdm
+
+    if storage not in STORAGE_MODES:
+        raise CacheError(f"storage must be one of {STORAGE_MODES}, got {storage!r}.")
+    if dtype not in ("float16", "float32"):
+        raise CacheError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
+    replay = ReplayViews(dataset, transform, views, seed)
+    num_classes = teachers.output_size
+    if storage == "topk" and (
+        k is None or not isinstance(k, int) or k < 1 or (num_classes is not None and k >= num_classes)
+    ):
+        raise CacheError(
+            f"storage='topk' needs k, an integer in [1, num_classes - 1] (num_classes = {num_classes}), got {k!r}; "
+            "for small label spaces use storage='probs'."
+        )
+    if storage == "sampled" and (k is None or not isinstance(k, int) or k < 1):
+        raise CacheError(f"storage='sampled' needs k >= 1 draws per example, got {k!r}.")
+    if os.path.exists(output_dir) and not overwrite:
+        raise CacheError(f"Cache folder '{output_dir}' already exists; pass overwrite=True to rebuild it.")
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    device = accelerator.device if accelerator is not None else next(teachers.models[0].parameters()).device
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    # One temporary folder for all processes: its name is agreed on through the main process.
+    tmp = tempfile.mkdtemp(prefix=".hf_ckd_cache-", dir=parent) if rank == 0 else None
+    if accelerator is not None:
+        from accelerate.utils import broadcast_object_list
+
+        tmp = broadcast_object_list([tmp])[0]
+    try:
+        rows = range(rank, len(replay) * views, world)
+        generator = torch.Generator().manual_seed(view_seed(seed, -1, rank))
+        columns: dict[str, list] = {"row": []}
+        np_dtype = np.float16 if dtype == "float16" else np.float32
+        with torch.inference_mode():
+            bar = tqdm(total=len(rows), desc="soft targets", disable=not progress or rank != 0)
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                items = [replay.item(row // views, row % views) for row in chunk]
+                batch = collate_fn([{k_: v for k_, v in it.items() if k_ not in CACHE_KEYS} for it in items])
+                batch = {k_: v.to(device) if isinstance(v, torch.Tensor) else v for k_, v in batch.items()}
+                probs = teachers.log_targets(batch, temperature).float().exp()
+                if num_classes is None:
+                    num_classes = probs.shape[-1]
+                if probs.dim() != 2:
+                    raise CacheError(
+                        f"The teachers' targets have shape {tuple(probs.shape)}; the cache stores one distribution "
+                        "per example ([batch, num_classes])."
+                    )
+                encoded = _encode(probs, storage, k or 0, generator)
+                columns["row"].extend(chunk)
+                for key, value in encoded.items():
+                    columns.setdefault(key, []).extend(
+                        list(value.astype(np_dtype)) if key == "probs" else list(value)
+                    )
+                bar.update(len(chunk))
+            bar.close()
+        Dataset.from_dict(columns).save_to_disk(os.path.join(tmp, f"shard-{rank:05d}"))
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        if rank == 0:
+            shards = [load_from_disk(os.path.join(tmp, f"shard-{r:05d}")) for r in range(world)]
+            table = concatenate_datasets(shards).sort("row")
+            table.save_to_disk(os.path.join(tmp, TABLE_DIR))
+            for r in range(world):
+                shutil.rmtree(os.path.join(tmp, f"shard-{r:05d}"))
+            config = {
+                "format_version": CACHE_FORMAT_VERSION,
+                **run_fingerprint(
+                    teachers.checkpoints, teachers.weights, teachers.average, temperature, replay
+                ),
+                "storage": storage,
+                "k": k,
+                "dtype": dtype,
+                "num_classes": num_classes,
+                "num_rows": len(table),
+            }
+            with open(os.path.join(tmp, CACHE_CONFIG_NAME), "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2)
+            if os.path.exists(output_dir):
+                shutil.rmtree(output_dir)
+            os.replace(tmp, output_dir)  # the cache appears complete, or not at all
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+    except BaseException:
+        if rank == 0 and tmp and os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return SoftTargetCache(output_dir)
+
+
+# ---- read ------------------------------------------------------------------------------------------
+
+
+class SoftTargetCache:
+    """A built cache, memory-mapped. ``log_targets(index, view)`` gives the stored targets as ``[B, V]``
+    float32 log-probabilities."""
+
+    def __init__(self, path: str):
+        from datasets import load_from_disk
+
+        config_path = os.path.join(path, CACHE_CONFIG_NAME)
+        if not os.path.isdir(path):
+            raise CacheError(
+                f"Soft-target cache '{path}' does not exist; build it with build_soft_target_cache."
+            )
+        if not os.path.isfile(config_path):
+            raise CacheError(
+                f"'{path}' is not a complete soft-target cache (no {CACHE_CONFIG_NAME}: the build did not finish). "
+                "Delete it and rebuild."
+            )
+        with open(config_path, encoding="utf-8") as f:
+            self.config: dict[str, Any] = json.load(f)
+        try:
+            self.table = load_from_disk(os.path.join(path, TABLE_DIR))
+        except (FileNotFoundError, ValueError, OSError) as err:
+            raise CacheError(
+                f"Soft-target cache '{path}' is damaged ({err}); delete it and rebuild."
+            ) from err
+        expected_rows = self.config["num_examples"] * self.config["views"]
+        if len(self.table) != expected_rows or len(self.table) != self.config.get("num_rows"):
+            raise CacheError(
+                f"Soft-target cache '{path}' holds {len(self.table)} rows, expected {expected_rows} "
+                f"({self.config['num_examples']} examples x {self.config['views']} views); delete it and rebuild."
+            )
+        self.path = path
+        self.storage, self.views = self.config["storage"], self.config["views"]
+        self.num_classes = self.config["num_classes"]
+        self.table = self.table.with_format("numpy")
+
+    def check(self, expected: Mapping[str, Any], rebuild_hint: str = "") -> None:
+        """Refuse a cache whose fingerprint differs from what the run expects (lists every difference)."""
+        differences = [
+            f"{key}: cache has {self.config.get(key)!r}, the run has {value!r}"
+            for key, value in expected.items()
+            if self.config.get(key) != value
+        ]
+        if differences:
+            raise CacheError(
+                f"Soft-target cache '{self.path}' was built for other settings:\n- "
+                + "\n- ".join(differences)
+                + "\nRebuild it for this run"
+                + (f": {rebuild_hint}" if rebuild_hint else " (build_soft_target_cache with these settings).")
+            )
+
+    def log_targets(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """``[B, V]`` float32 log-probabilities of examples ``index`` under views ``view`` (``-inf`` where a
+        stored distribution has no mass)."""
+        rows = (index.long() * self.views + view.long()).tolist()
+        records = self.table[rows]
+        num_classes = self.num_classes
+        if self.storage == "probs":
+            probs = torch.as_tensor(np.asarray(records["probs"]), dtype=torch.float32)
+        elif self.storage == "topk":
+            ids = torch.as_tensor(np.asarray(records["ids"]), dtype=torch.long)
+            values = torch.as_tensor(np.asarray(records["probs"]), dtype=torch.float32)
+            residual = torch.as_tensor(np.asarray(records["residual"]), dtype=torch.float32)
+            k = ids.shape[1]
+            probs = (residual / (num_classes - k))[:, None].expand(-1, num_classes).clone()
+            probs.scatter_(1, ids, values)
+        else:
+            probs = torch.zeros(len(rows), num_classes)
+            for r, (ids, counts) in enumerate(zip(records["ids"], records["counts"])):
+                probs[r, torch.as_tensor(ids, dtype=torch.long)] = torch.as_tensor(
+                    counts, dtype=torch.float32
+                )
+        probs = probs / probs.sum(-1, keepdim=True)  # fp16 storage rounding
+        return probs.log()

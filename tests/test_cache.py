@@ -1,0 +1,199 @@
+"""Soft-target cache: targets equal the online ensemble's, views replay pixel for pixel, fingerprints and
+partial builds are refused."""
+
+import os
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from hf_ckd import Trajectory
+from hf_ckd.cache import (
+    CacheError,
+    ExampleTransform,
+    ReplayViews,
+    SoftTargetCache,
+    build_soft_target_cache,
+    run_fingerprint,
+)
+from hf_ckd.data import collate_images
+from hf_ckd.teachers import TeacherEnsemble
+
+TAU = 2.0
+
+
+def augment() -> ExampleTransform:
+    return ExampleTransform(
+        v2.Compose([v2.RandomCrop(16, padding=3), v2.RandomHorizontalFlip()]), "pixel_values", "labels"
+    )
+
+
+@pytest.fixture(scope="module")
+def ensemble(timm_teacher):
+    return TeacherEnsemble.from_trajectory(Trajectory.from_local(timm_teacher), "0.5,last", weights=[1, 3])
+
+
+@pytest.fixture(scope="module")
+def examples(digits_data):
+    return digits_data[0].select(range(40))
+
+
+@pytest.fixture(scope="module")
+def probs_cache(tmp_path_factory, ensemble, examples):
+    out = tmp_path_factory.mktemp("cache") / "probs"
+    return build_soft_target_cache(
+        ensemble, examples, str(out), transform=augment(), collate_fn=collate_images, temperature=TAU, views=3,
+        batch_size=16, progress=False,
+    )  # fmt: skip
+
+
+def online_log_targets(ensemble, replay, index, view):
+    batch = collate_images(
+        [{k: v for k, v in replay.item(i, view).items() if not k.startswith("cache_")} for i in index]
+    )
+    return ensemble.log_targets(batch, TAU)
+
+
+def test_cached_targets_equal_online_targets(probs_cache, ensemble, examples):
+    replay = ReplayViews(examples, augment(), views=3)
+    index = torch.tensor([0, 5, 39, 17])
+    for view in range(3):
+        cached = probs_cache.log_targets(index, torch.full((4,), view)).exp()
+        online = online_log_targets(ensemble, replay, index.tolist(), view).exp()
+        torch.testing.assert_close(cached, online, atol=2e-3, rtol=0)  # fp16 storage
+    assert probs_cache.config["weights"] == [0.25, 0.75] and probs_cache.config["temperature"] == TAU
+
+
+def test_views_replay_pixel_for_pixel(examples):
+    replay = ReplayViews(examples, augment(), views=4, seed=7)
+    first = replay.item(3, 2)["pixel_values"]
+    torch.manual_seed(123)  # the global RNG state does not matter
+    again = replay.item(3, 2)["pixel_values"]
+    assert torch.equal(first, again)
+    others = [replay.item(3, v)["pixel_values"] for v in (0, 1, 3)]
+    assert all(not torch.equal(first, o) for o in others)
+    replay.set_epoch(6)  # epoch 6 -> view 6 mod 4 = 2
+    assert torch.equal(replay[3]["pixel_values"], first) and replay[3]["cache_view"] == 2
+    assert not torch.equal(
+        ReplayViews(examples, augment(), views=4, seed=8).item(3, 2)["pixel_values"], first
+    )
+
+
+@pytest.mark.parametrize("storage", ["topk", "sampled"])
+def test_topk_and_sampled_storage(tmp_path, ensemble, examples, storage):
+    cache = build_soft_target_cache(
+        ensemble, examples.select(range(16)), str(tmp_path / storage), transform=augment(),
+        collate_fn=collate_images, temperature=TAU, storage=storage, k=4 if storage == "topk" else 200,
+        progress=False,
+    )  # fmt: skip
+    replay = ReplayViews(examples.select(range(16)), augment(), views=1)
+    index = torch.arange(16)
+    exact = online_log_targets(ensemble, replay, index.tolist(), 0).exp()
+    stored = cache.log_targets(index, torch.zeros(16, dtype=torch.long)).exp()
+    torch.testing.assert_close(stored.sum(-1), torch.ones(16))
+    if storage == "topk":
+        top = exact.topk(4, dim=-1)
+        torch.testing.assert_close(stored.gather(1, top.indices), top.values, atol=2e-3, rtol=0)
+        residual = (1 - top.values.sum(-1)) / 6  # spread over the 6 other classes: the stated bias
+        rest = stored.scatter(1, top.indices, -1.0)
+        torch.testing.assert_close(rest.max(-1).values, residual, atol=2e-3, rtol=0)
+    else:
+        # 200 draws per example: each stored probability is a binomial frequency around the exact one.
+        assert (stored - exact).abs().max() < 5 * (0.25 / 200) ** 0.5
+        assert ((stored > 0) <= (exact > 0)).all()
+
+
+def test_fingerprint_mismatches_are_refused(probs_cache, ensemble, examples, timm_teacher):
+    replay = ReplayViews(examples, augment(), views=3)
+    expected = run_fingerprint(ensemble.checkpoints, ensemble.weights, ensemble.average, TAU, replay)
+    probs_cache.check(expected)  # the run it was built for
+    cases = {
+        "temperature": run_fingerprint(ensemble.checkpoints, ensemble.weights, ensemble.average, 4.0, replay),
+        "views": run_fingerprint(
+            ensemble.checkpoints,
+            ensemble.weights,
+            ensemble.average,
+            TAU,
+            ReplayViews(examples, augment(), views=2),
+        ),
+        "dataset_fingerprint": run_fingerprint(
+            ensemble.checkpoints,
+            ensemble.weights,
+            ensemble.average,
+            TAU,
+            ReplayViews(examples.shuffle(seed=1), augment(), views=3),
+        ),
+        "teacher_hashes": run_fingerprint(
+            Trajectory.from_local(timm_teacher).select("0.7,last"),
+            ensemble.weights,
+            ensemble.average,
+            TAU,
+            replay,
+        ),
+        "weights": run_fingerprint(ensemble.checkpoints, [0.5, 0.5], ensemble.average, TAU, replay),
+        "transform": run_fingerprint(
+            ensemble.checkpoints,
+            ensemble.weights,
+            ensemble.average,
+            TAU,
+            ReplayViews(
+                examples, ExampleTransform(v2.RandomHorizontalFlip(), "pixel_values", "labels"), views=3
+            ),
+        ),
+    }
+    for key, fingerprint in cases.items():
+        with pytest.raises(
+            CacheError, match=rf"built for other settings:\n(.*\n)*- {key}: cache has [\s\S]*Rebuild"
+        ):
+            probs_cache.check(fingerprint, rebuild_hint=f"python build.py  # {key}")
+
+
+def test_killed_build_leaves_nothing(tmp_path, ensemble, examples):
+    class Dies(ExampleTransform):
+        calls = 0
+
+        def __call__(self, example):
+            Dies.calls += 1
+            if Dies.calls > 20:
+                raise KeyboardInterrupt  # a kill in the middle of the build
+            return super().__call__(example)
+
+    out = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        build_soft_target_cache(
+            ensemble, examples, str(out), transform=Dies(v2.RandomHorizontalFlip(), "pixel_values", "labels"),
+            collate_fn=collate_images, temperature=TAU, batch_size=8, progress=False,
+        )  # fmt: skip
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_incomplete_or_truncated_caches_are_refused(tmp_path, probs_cache):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(probs_cache.path, partial)
+    os.remove(partial / "hf_ckd_cache.json")
+    with pytest.raises(CacheError, match=r"not a complete soft-target cache.*rebuild"):
+        SoftTargetCache(str(partial))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(probs_cache.path, truncated)
+    table = probs_cache.table.select(range(10))
+    shutil.rmtree(truncated / "table")
+    table.with_format(None).save_to_disk(str(truncated / "table"))
+    with pytest.raises(CacheError, match=r"holds 10 rows, expected 120 \(40 examples x 3 views\)"):
+        SoftTargetCache(str(truncated))
+    with pytest.raises(CacheError, match=r"does not exist"):
+        SoftTargetCache(str(tmp_path / "missing"))
+
+
+def test_bad_build_arguments(tmp_path, ensemble, examples):
+    common = dict(transform=augment(), collate_fn=collate_images, temperature=TAU, progress=False)
+    with pytest.raises(CacheError, match=r"views must be an integer >= 1"):
+        build_soft_target_cache(ensemble, examples, str(tmp_path / "a"), views=0, **common)
+    with pytest.raises(
+        CacheError, match=r"needs k, an integer in \[1, num_classes - 1\] \(num_classes = 10\)"
+    ):
+        build_soft_target_cache(ensemble, examples, str(tmp_path / "b"), storage="topk", k=10, **common)
+    with pytest.raises(CacheError, match=r"storage must be one of"):
+        build_soft_target_cache(ensemble, examples, str(tmp_path / "c"), storage="logits", **common)
+    assert os.listdir(tmp_path) == []
