@@ -163,3 +163,32 @@ def test_label_spaces_must_agree_across_checkpoints(tmp_path):
     type(other)(other.config).save_pretrained(tmp_path / "checkpoint-2")
     with pytest.raises(TeacherLoadError, match="different label spaces"):
         TeacherEnsemble.from_trajectory(Trajectory.from_local(tmp_path), "all")
+
+
+@pytest.mark.parametrize("fixture", ["timm_teacher", "text_teacher"])
+def test_fused_and_loop_ensembles_agree(fixture, request, digits_data, text_data):
+    """vmap over the stacked checkpoints gives the loop's logits (fp32, 1e-5); auto keeps one of the two."""
+    traj = Trajectory.from_local(request.getfixturevalue(fixture))
+    batch = (
+        {"pixel_values": torch.stack([digits_data[1][i]["pixel_values"] for i in range(8)])}
+        if fixture == "timm_teacher"
+        else {"input_ids": torch.stack([torch.as_tensor(text_data[1][i]["input_ids"]) for i in range(8)])}
+    )
+    loop = TeacherEnsemble.from_trajectory(traj, "all")
+    fused = TeacherEnsemble(loop.models, loop.checkpoints, fusion="vmap")
+    for a, b in zip(loop.logits(batch), fused.logits(batch)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    auto = TeacherEnsemble(loop.models, loop.checkpoints, fusion="auto")
+    targets = auto.log_targets(batch, 2.0)
+    assert auto.fusion in ("loop", "vmap")
+    torch.testing.assert_close(targets, loop.log_targets(batch, 2.0), rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_needs_one_architecture(timm_teacher, text_teacher):
+    timm_ens = TeacherEnsemble.from_trajectory(Trajectory.from_local(timm_teacher), "last")
+    text_ens = TeacherEnsemble.from_trajectory(Trajectory.from_local(text_teacher), "last")
+    models, checkpoints = timm_ens.models + text_ens.models, timm_ens.checkpoints + text_ens.checkpoints
+    with pytest.raises(ValueError, match=r"teacher_fusion='vmap' needs checkpoints of one architecture"):
+        TeacherEnsemble(models, checkpoints, fusion="vmap")
+    with pytest.raises(ValueError, match=r"teacher fusion must be one of"):
+        TeacherEnsemble(models, checkpoints, fusion="fast")
