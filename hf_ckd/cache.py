@@ -360,6 +360,29 @@ def build_soft_target_cache(
 # ---- read ------------------------------------------------------------------------------------------
 
 
+class CachedTeachers(TeacherEnsemble):
+    """The teachers a cache was built from, without their models: what the trainer records in the lineage
+    (checkpoints, weights, averaging) and checks the student against (the label space)."""
+
+    def __init__(
+        self, checkpoints: Sequence[Checkpoint], weights: Sequence[float], average: str, num_classes: int
+    ):
+        self.models, self.checkpoints, self.weights, self.average = (
+            [],
+            list(checkpoints),
+            list(weights),
+            average,
+        )
+        self.fusion, self._stacked, self._num_classes = "loop", None, num_classes
+
+    @property
+    def output_size(self) -> int | None:
+        return self._num_classes
+
+    def logits(self, inputs, step=None):
+        raise RuntimeError("Targets come from the soft-target cache; no teacher model is loaded.")
+
+
 class SoftTargetCache:
     """A built cache, memory-mapped. ``log_targets(index, view)`` gives the stored targets as ``[B, V]``
     float32 log-probabilities."""

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses import AVERAGE_MODES
-from .teachers import resolve_dtype
+from .losses import AVERAGE_MODES, KD_LOSS_MODES
+from .schedules import PACES, SCHEDULE_KINDS, check_schedule_config
+from .teachers import FUSION_MODES, resolve_dtype
 
 
 @dataclass
@@ -23,8 +24,17 @@ class CheckpointDistillConfig(TrainingArguments):
 
         teacher (`str` or `None`, *optional*, defaults to `None`):
             Where the teacher trajectory lives: the `output_dir` of a `transformers.Trainer` run (it holds
-            `checkpoint-<step>/` folders) or a single saved model folder. Required unless the trainer is given
-            `teachers=` directly.
+            `checkpoint-<step>/` folders), a single saved model folder, or a Hub repo written
+            `hub:ORG/NAME` or `hub:ORG/NAME@PATTERN` (one branch or tag per checkpoint, such as `step1000`,
+            or `checkpoint-<step>/` subfolders; PATTERN is a glob over their names, such as `step*`).
+            Required unless the trainer is given `teachers=` directly.
+        teacher_revision (`str`, *optional*, defaults to `"main"`):
+            For a Hub teacher: the revision whose `checkpoint-<step>/` subfolders (or root model) are read.
+            Branch-per-checkpoint repos ignore it. A private repo is read with `hub_token` (or the logged-in
+            token).
+        teacher_cache_dir (`str` or `None`, *optional*, defaults to `None`):
+            Hub cache folder for Hub teachers (`None`: `HF_HUB_CACHE`). With `HF_HUB_OFFLINE=1` the trajectory
+            is read from this cache only.
         teacher_checkpoints (`str`, *optional*, defaults to `"last"`):
             Which checkpoints teach, comma-separated: fractions of training in [0, 1] (`0.5` is the checkpoint
             nearest the middle of the run, the paper's T^0.5), `last`, `first`, `all`, checkpoint names
@@ -46,6 +56,32 @@ class CheckpointDistillConfig(TrainingArguments):
             Allow pickle weight files that `torch.load(weights_only=True)` refuses; unpickling can run
             arbitrary code. Only for files you trust.
 
+        > Parameters that control the teacher schedule
+
+        teacher_schedule (`str`, *optional*, defaults to `"static"`):
+            How the checkpoints selected by `teacher_checkpoints` teach over the run: `static` (all of them
+            for the whole run, a snapshot ensemble when several), `progressive` (one after the other in
+            trajectory order, ending on the last; select at least 2, e.g. `all`) or `anchors` (RCO: anchor
+            checkpoints one after the other, each for an equal share). Progressive and anchor runs keep only
+            the active checkpoint in memory.
+        teacher_schedule_pace (`str` or `None`, *optional*, defaults to `None`):
+            How a progressive or anchor schedule shares out the run: `teacher_time` (after s student steps,
+            the first checkpoint whose step is >= (s + 1) * time scale teaches, so the student meets the
+            checkpoints at the pace the teacher reached them) or `equal` shares. `None`: `teacher_time` for
+            progressive, `equal` for anchors.
+        teacher_schedule_boundaries (`list[float]` or `None`, *optional*, defaults to `None`):
+            Instead of a pace: fractions of the student's run, strictly increasing in (0, 1), one fewer than
+            the scheduled checkpoints; checkpoint i teaches until boundary i (e.g. `0.1` for a 2-shot schedule
+            whose first checkpoint teaches the first tenth of the run).
+        teacher_schedule_time_scale (`float` or `None`, *optional*, defaults to `None`):
+            Teacher steps per student step for the `teacher_time` pace. `None` spreads the checkpoints over
+            the whole run (last checkpoint's step / max_steps); `1` follows the teacher's own pace, after
+            which the last checkpoint teaches to the end.
+        teacher_num_anchors (`int` or `None`, *optional*, defaults to `None`):
+            For `anchors`: how many anchors to take at equal intervals along the checkpoints of
+            `teacher_checkpoints` (the last checkpoint is always one). `None` makes every selected checkpoint
+            an anchor.
+
         > Parameters that control the loss
 
         temperature (`float`, *optional*, defaults to `4.0`):
@@ -53,14 +89,50 @@ class CheckpointDistillConfig(TrainingArguments):
         alpha (`float`, *optional*, defaults to `0.5`):
             Weight of the hard-label cross-entropy, in [0, 1]: loss = alpha * CE + (1 - alpha) * tau^2 * KL.
             `1` is plain training, `0` pure distillation (no labels needed).
+        kd_loss (`str`, *optional*, defaults to `"full"`):
+            How token-level KD of causal LMs is computed: `full` (from the logits), `chunked` (exact, from the
+            last hidden states and the LM heads, positions in chunks of `kd_chunk_size`, never holding the
+            [tokens, vocabulary] logits) or `sampled` (an estimate from `kd_num_samples` vocabulary ids per
+            position; see docs/large_vocab.md). Other students use `full`.
+        kd_chunk_size (`int`, *optional*, defaults to `1024`):
+            Positions per chunk for `kd_loss` `chunked` and `sampled`.
+        kd_num_samples (`int` or `None`, *optional*, defaults to `None`):
+            Vocabulary ids drawn per position for `kd_loss=sampled` (e.g. 2 percent of the vocabulary).
+
+        > Parameters that control the teachers' cost
+
+        teacher_fusion (`str`, *optional*, defaults to `"loop"`):
+            How several teacher checkpoints run: `loop` (one forward each), `vmap` (one fused forward over
+            their stacked weights; same architecture only, a second copy of the weights) or `auto` (times
+            both on the first batch and keeps the faster).
+        soft_target_cache (`str` or `None`, *optional*, defaults to `None`):
+            A soft-target cache built by `hf_ckd.cache.build_soft_target_cache` for these teachers, this
+            temperature and this training data: the targets are read from it and no teacher is loaded. The
+            train dataset must be the `hf_ckd.cache.ReplayViews` the cache was built with.
     """
 
     teacher: str | None = field(
         default=None,
         metadata={
             "help": "Where the teacher trajectory lives: the output_dir of a transformers.Trainer run (it holds "
-            "checkpoint-<step>/ folders) or a single saved model folder. Required unless the trainer is given "
-            "teachers= directly."
+            "checkpoint-<step>/ folders), a single saved model folder, or a Hub repo written hub:ORG/NAME or "
+            "hub:ORG/NAME@PATTERN (one branch or tag per checkpoint, such as step1000, or checkpoint-<step>/ "
+            "subfolders; PATTERN is a glob over their names, such as step*). Required unless the trainer is "
+            "given teachers= directly."
+        },
+    )
+    teacher_revision: str = field(
+        default="main",
+        metadata={
+            "help": "For a Hub teacher: the revision whose checkpoint-<step>/ subfolders (or root model) are read. "
+            "Branch-per-checkpoint repos ignore it. A private repo is read with hub_token (or the logged-in token)."
+        },
+    )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub cache folder for Hub teachers (None: HF_HUB_CACHE). With HF_HUB_OFFLINE=1 the trajectory "
+            "is read from this cache only."
         },
     )
     teacher_checkpoints: str = field(
@@ -113,6 +185,51 @@ class CheckpointDistillConfig(TrainingArguments):
             "arbitrary code. Only for files you trust."
         },
     )
+    teacher_schedule: str = field(
+        default="static",
+        metadata={
+            "help": "How the checkpoints selected by teacher_checkpoints teach over the run: static (all of them "
+            "for the whole run, a snapshot ensemble when several), progressive (one after the other in "
+            "trajectory order, ending on the last; select at least 2, e.g. all) or anchors (RCO: anchor "
+            "checkpoints one after the other, each for an equal share). Progressive and anchor runs keep "
+            "only the active checkpoint in memory.",
+            "choices": list(SCHEDULE_KINDS),
+        },
+    )
+    teacher_schedule_pace: str | None = field(
+        default=None,
+        metadata={
+            "help": "How a progressive or anchor schedule shares out the run: teacher_time (after s student steps, "
+            "the first checkpoint whose step is >= (s + 1) * time scale teaches, so the student meets the "
+            "checkpoints at the pace the teacher reached them) or equal shares. None: teacher_time for "
+            "progressive, equal for anchors.",
+            "choices": list(PACES),
+        },
+    )
+    teacher_schedule_boundaries: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of a pace: fractions of the student's run, strictly increasing in (0, 1), one fewer "
+            "than the scheduled checkpoints; checkpoint i teaches until boundary i (e.g. 0.1 for a 2-shot "
+            "schedule whose first checkpoint teaches the first tenth of the run).",
+        },
+    )
+    teacher_schedule_time_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher steps per student step for the teacher_time pace. None spreads the checkpoints over "
+            "the whole run (last checkpoint's step / max_steps); 1 follows the teacher's own pace, after "
+            "which the last checkpoint teaches to the end.",
+        },
+    )
+    teacher_num_anchors: int | None = field(
+        default=None,
+        metadata={
+            "help": "For anchors: how many anchors to take at equal intervals along the checkpoints of "
+            "teacher_checkpoints (the last checkpoint is always one). None makes every selected "
+            "checkpoint an anchor.",
+        },
+    )
     temperature: float = field(
         default=4.0,
         metadata={
@@ -124,6 +241,40 @@ class CheckpointDistillConfig(TrainingArguments):
         metadata={
             "help": "Weight of the hard-label cross-entropy, in [0, 1]: loss = alpha * CE + (1 - alpha) * tau^2 * KL. "
             "1 is plain training, 0 pure distillation (no labels needed)."
+        },
+    )
+    kd_loss: str = field(
+        default="full",
+        metadata={
+            "help": "How token-level KD of causal LMs is computed: full (from the logits), chunked (exact, from the "
+            "last hidden states and the LM heads, positions in chunks of kd_chunk_size, never holding the "
+            "[tokens, vocabulary] logits) or sampled (an estimate from kd_num_samples vocabulary ids per "
+            "position; see docs/large_vocab.md). Other students use full."
+        },
+    )
+    kd_chunk_size: int = field(
+        default=1024, metadata={"help": "Positions per chunk for kd_loss chunked and sampled."}
+    )
+    kd_num_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Vocabulary ids drawn per position for kd_loss=sampled (e.g. 2 percent of the vocabulary)."
+        },
+    )
+    teacher_fusion: str = field(
+        default="loop",
+        metadata={
+            "help": "How several teacher checkpoints run: loop (one forward each), vmap (one fused forward over "
+            "their stacked weights; same architecture only, a second copy of the weights) or auto (times both "
+            "on the first batch and keeps the faster)."
+        },
+    )
+    soft_target_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "A soft-target cache built by hf_ckd.cache.build_soft_target_cache for these teachers, this "
+            "temperature and this training data: the targets are read from it and no teacher is loaded. The "
+            "train dataset must be the hf_ckd.cache.ReplayViews the cache was built with."
         },
     )
 
@@ -169,6 +320,22 @@ class CheckpointDistillConfig(TrainingArguments):
             self.teacher_weights = weights
         if not str(self.teacher_checkpoints).strip():
             raise ValueError("teacher_checkpoints is empty; use e.g. 'last', '0.5' or '0.3,0.5,0.7'.")
+        check_schedule_config(self)
+        if self.kd_loss not in KD_LOSS_MODES:
+            raise ValueError(f"kd_loss must be one of {KD_LOSS_MODES}, got {self.kd_loss!r}.")
+        if not isinstance(self.kd_chunk_size, int) or self.kd_chunk_size < 1:
+            raise ValueError(f"kd_chunk_size must be an integer >= 1, got {self.kd_chunk_size!r}.")
+        if self.kd_loss == "sampled" and (self.kd_num_samples is None or self.kd_num_samples < 1):
+            raise ValueError(
+                f"kd_loss='sampled' needs kd_num_samples >= 1 (ids drawn per position), got {self.kd_num_samples!r}."
+            )
+        if self.teacher_fusion not in FUSION_MODES:
+            raise ValueError(f"teacher_fusion must be one of {FUSION_MODES}, got {self.teacher_fusion!r}.")
+        if self.soft_target_cache is not None and self.teacher_schedule != "static":
+            raise ValueError(
+                "soft_target_cache holds the targets of one static ensemble; it cannot follow "
+                f"teacher_schedule={self.teacher_schedule!r}. Drop one of the two."
+            )
         if self.label_smoothing_factor != 0:
             raise ValueError(
                 "label_smoothing_factor is not supported by CheckpointDistillConfig: the distillation term already "

@@ -33,6 +33,7 @@ __all__ = [
     "SelectionError",
     "estimate_mi",
     "extract_representation",
+    "load_selection",
     "read_selection",
     "score_trajectory",
     "select",
@@ -266,8 +267,9 @@ def write_selection(
     return content
 
 
-def read_selection(path: str, trajectory: Trajectory | None = None) -> list[str]:
-    """The selected checkpoint names of a ``selection.json``, checked against ``trajectory`` when given."""
+def load_selection(path: str) -> dict[str, Any]:
+    """The content of a ``selection.json`` (estimator, per-checkpoint scores, ``selected`` names), checked to
+    hold a ``selected`` list of checkpoint names."""
     if not os.path.isfile(path):
         raise SelectionError(
             f"Selection file '{path}' does not exist; write it with recipes/select_teachers.py."
@@ -282,6 +284,13 @@ def read_selection(path: str, trajectory: Trajectory | None = None) -> list[str]
     selected = content.get("selected") if isinstance(content, dict) else None
     if not selected or not isinstance(selected, list) or not all(isinstance(s, str) for s in selected):
         raise SelectionError(f"Selection file '{path}' has no 'selected' list of checkpoint names.")
+    return content
+
+
+def read_selection(path: str, trajectory: Trajectory | None = None) -> list[str]:
+    """The selected checkpoint names of a ``selection.json``, checked against ``trajectory`` when given."""
+    content = load_selection(path)
+    selected = content["selected"]
     if trajectory is not None:
         missing = [name for name in selected if name not in trajectory.names]
         if missing:

@@ -55,7 +55,14 @@ DTYPES = {
     "float16": torch.float16,
 }
 # Inputs that belong to the loss, not to a teacher's forward.
-NON_MODEL_INPUTS = ("labels", "shift_labels", "num_items_in_batch", "return_loss", "cache_index", "cache_view")
+NON_MODEL_INPUTS = (
+    "labels",
+    "shift_labels",
+    "num_items_in_batch",
+    "return_loss",
+    "cache_index",
+    "cache_view",
+)
 
 TeacherModelInit = Callable[..., nn.Module]
 FUSION_MODES = ("loop", "vmap", "auto")
@@ -404,6 +411,7 @@ class TeacherEnsemble:
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         allow_unsafe_pickle: bool = False,
+        fusion: str = "loop",
     ) -> TeacherEnsemble:
         """Select checkpoints by ``spec`` (see :meth:`Trajectory.select`) and load them.
 
@@ -450,7 +458,7 @@ class TeacherEnsemble:
             raise TeacherLoadError(
                 f"The selected teacher checkpoints of '{trajectory.source}' predict over different label spaces: {sizes}."
             )
-        return cls(models, checkpoints, merged_weights, average)
+        return cls(models, checkpoints, merged_weights, average, fusion=fusion)
 
     def __len__(self) -> int:
         return len(self.models)
@@ -545,6 +553,22 @@ class TeacherEnsemble:
                 "the spec."
             )
         return outputs
+
+    def hidden_states(
+        self, inputs: Mapping[str, Any]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]]:
+        """For LM teachers: each one's last hidden states ``[..., H]`` and LM-head weight ``[V, H]`` and bias,
+        without materialising their logits (``logits_to_keep=1``); for :func:`~hf_ckd.losses.linear_distillation_loss`."""
+        batch = teacher_inputs(inputs)
+        hidden, heads, biases = [], [], []
+        with torch.inference_mode():
+            for model in self.models:
+                outputs = model(**batch, output_hidden_states=True, logits_to_keep=1)
+                head = getattr(model, "module", model).get_output_embeddings()
+                hidden.append(outputs.hidden_states[-1].clone())
+                heads.append(head.weight)
+                biases.append(getattr(head, "bias", None))
+        return hidden, heads, biases
 
     def log_targets(self, inputs: Mapping[str, Any], temperature: float = 1.0) -> torch.Tensor:
         """log P_ens^tau for a batch, ``[..., V]`` float32."""

@@ -197,3 +197,85 @@ def test_bad_build_arguments(tmp_path, ensemble, examples):
     with pytest.raises(CacheError, match=r"storage must be one of"):
         build_soft_target_cache(ensemble, examples, str(tmp_path / "c"), storage="logits", **common)
     assert os.listdir(tmp_path) == []
+
+
+# ---- in the trainer --------------------------------------------------------------------------------
+
+
+def distill_args(tmp_path, name, teacher, **overrides):
+    from conftest import trainer_args
+
+    from hf_ckd import CheckpointDistillConfig
+
+    config = dict(
+        teacher=teacher, teacher_checkpoints="0.5,last", teacher_weights=[1, 3], temperature=TAU, alpha=0.5,
+        max_steps=4, per_device_train_batch_size=8, logging_steps=1, save_strategy="no", optim="sgd",
+        learning_rate=0.1,
+    )  # fmt: skip
+    config.update(overrides)
+    return CheckpointDistillConfig(**trainer_args(tmp_path / name, **config))
+
+
+def test_training_from_the_cache_loads_no_teacher(probs_cache, examples, timm_teacher, tmp_path, monkeypatch):
+    """Cached and online runs over the same replayed views log the same losses (fp16 targets); the cached
+    run never builds a teacher model."""
+    from conftest import tiny_timm
+
+    import hf_ckd.teachers
+    from hf_ckd import CheckpointDistillTrainer
+
+    runs = {}
+    for mode in ("online", "cached"):
+        replay = ReplayViews(examples, augment(), views=3)
+        extra = {"soft_target_cache": probs_cache.path} if mode == "cached" else {}
+        if mode == "cached":
+
+            def refuse(*args, **kwargs):
+                raise AssertionError("a teacher model was loaded")
+
+            monkeypatch.setattr(hf_ckd.teachers, "load_teacher", refuse)
+            monkeypatch.setattr(TeacherEnsemble, "from_trajectory", refuse)
+        trainer = CheckpointDistillTrainer(
+            model=tiny_timm("test_efficientnet_gn", seed=4),
+            args=distill_args(tmp_path, mode, timm_teacher, num_train_epochs=2, max_steps=-1, **extra),
+            train_dataset=replay,
+            data_collator=collate_images,
+        )
+        trainer.train()
+        runs[mode] = [(e["loss"], e["loss_kd"]) for e in trainer.state.log_history if "loss_kd" in e]
+        assert replay.view == 1  # the second epoch trained on view 1
+    assert len(runs["online"]) == 10  # 2 epochs x 5 batches
+    # fp16 targets: equal losses at first; the rounding then moves the two students apart, slowly.
+    for i, ((online, online_kd), (cached, cached_kd)) in enumerate(zip(runs["online"], runs["cached"])):
+        rel = 2e-3 if i < 3 else 3e-2
+        assert cached == pytest.approx(online, rel=rel) and cached_kd == pytest.approx(online_kd, rel=rel)
+
+
+def test_trainer_refuses_a_cache_of_another_run(probs_cache, examples, timm_teacher, tmp_path):
+    from conftest import tiny_timm
+
+    from hf_ckd import CheckpointDistillTrainer
+
+    cases = [
+        (
+            {"temperature": 4.0},
+            ReplayViews(examples, augment(), views=3),
+            r"temperature: cache has 2.0, the run has 4.0",
+        ),
+        ({}, ReplayViews(examples, augment(), views=2), r"views: cache has 3, the run has 2"),
+        (
+            {},
+            ReplayViews(examples.select(range(30)), augment(), views=3),
+            r"num_examples: cache has 40, the run has 30",
+        ),
+        ({}, examples, r"needs train_dataset=hf_ckd.cache.ReplayViews"),
+    ]
+    for overrides, dataset, match in cases:
+        args = distill_args(
+            tmp_path, "refused", timm_teacher, soft_target_cache=probs_cache.path, **overrides
+        )
+        with pytest.raises(CacheError, match=match):
+            CheckpointDistillTrainer(
+                model=tiny_timm(), args=args, train_dataset=dataset, data_collator=collate_images
+            )
+        assert not (tmp_path / "refused").exists()

@@ -188,3 +188,61 @@ def test_all_ignored_inside_the_trainer_path_gives_zero_gradients():
     loss, parts = linear_distillation_loss(**p, mode="chunked", temperature=2.0)
     assert loss.item() == 0.0 and int(parts["num_items"]) == 0
     assert all(float(g.abs().sum()) == 0.0 for g in grads(loss, p)[1:])
+
+
+# ---- in the trainer --------------------------------------------------------------------------------
+
+
+def test_trainer_chunked_kd_reaches_the_weights_of_full_kd(lm_teacher, tmp_path):
+    """A causal-LM student distilled with kd_loss='chunked' (hidden states + LM heads, no [tokens, V] logits)
+    ends at the weights of kd_loss='full', with padding and gradient accumulation."""
+    from conftest import tiny_gpt2, trainer_args
+    from test_trainer import assert_same_weights, padded_lm_dataset, weights
+
+    from hf_ckd import CheckpointDistillConfig, CheckpointDistillTrainer
+
+    train = padded_lm_dataset(48, 4)
+    results = {}
+    for mode in ("full", "chunked"):
+        student = tiny_gpt2(hidden=16, layers=1, seed=3)
+        args = CheckpointDistillConfig(
+            **trainer_args(
+                tmp_path / mode, teacher=lm_teacher, teacher_checkpoints="0.5,last", temperature=2.0, alpha=0.3,
+                kd_loss=mode, kd_chunk_size=7, max_steps=3, per_device_train_batch_size=4,
+                gradient_accumulation_steps=2, optim="sgd", learning_rate=0.5, save_strategy="no", logging_steps=1,
+            )
+        )  # fmt: skip
+        trainer = CheckpointDistillTrainer(model=student, args=args, train_dataset=train)
+        trainer.train()
+        results[mode] = (weights(student), [e["loss"] for e in trainer.state.log_history if "loss" in e])
+    assert_same_weights(results["full"][0], results["chunked"][0], atol=1e-5)
+    assert results["full"][1] == pytest.approx(results["chunked"][1], rel=1e-4)
+
+
+def test_trainer_sampled_kd_learns(lm_teacher, lm_data, tmp_path):
+    from conftest import tiny_gpt2, trainer_args
+
+    from hf_ckd import CheckpointDistillConfig, CheckpointDistillTrainer
+
+    train, _ = lm_data
+    args = CheckpointDistillConfig(
+        **trainer_args(
+            tmp_path / "s", teacher=lm_teacher, temperature=1.0, alpha=0.0, kd_loss="sampled", kd_num_samples=4,
+            max_steps=60, save_strategy="no", logging_steps=10,
+        )
+    )  # fmt: skip
+    trainer = CheckpointDistillTrainer(
+        model=tiny_gpt2(hidden=16, layers=1, seed=1), args=args, train_dataset=train
+    )
+    trainer.train()
+    kd = [e["loss_kd"] for e in trainer.state.log_history if "loss_kd" in e]
+    assert kd[-1] < 0.7 * kd[0], kd
+    with pytest.raises(ValueError, match=r"kd_num_samples=99 exceeds the vocabulary \(16\)"):
+        bad = CheckpointDistillConfig(
+            **trainer_args(
+                tmp_path / "b", teacher=lm_teacher, kd_loss="sampled", kd_num_samples=99, max_steps=1
+            )
+        )
+        CheckpointDistillTrainer(model=tiny_gpt2(hidden=16, layers=1), args=bad, train_dataset=train)
+    with pytest.raises(ValueError, match=r"kd_loss='sampled' needs kd_num_samples >= 1"):
+        CheckpointDistillConfig(**trainer_args(tmp_path / "c", kd_loss="sampled"))
