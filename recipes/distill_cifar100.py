@@ -4,7 +4,8 @@ Distillation from Model Checkpoints* (seed 001, Table 3).
 
 The teacher is a trajectory written by ``recipes/train_teacher.py`` (or any ``transformers.Trainer`` run of
 a ``TimmWrapperForImageClassification``); ``--teacher_checkpoints`` picks one checkpoint (``0.3``, ``0.5``,
-``0.7``, ``last``) or a snapshot ensemble (``0.3,0.5,0.7``). The student is a timm architecture (the CIFAR
+``0.7``, ``last``) or a snapshot ensemble (``0.3,0.5,0.7``); ``--teacher_schedule progressive
+--teacher_checkpoints all`` walks the trajectory instead (docs/progressive.md). The student is a timm architecture (the CIFAR
 networks of ``hf_ckd.models`` are registered on import). Defaults are the standard CIFAR schedule: SGD
 momentum 0.9, lr 0.05, weight decay 5e-4, 240 epochs, lr x0.1 at epochs 150/180/210, batch 64, random
 crop 32 (padding 4) + horizontal flip + normalisation; top-1 accuracy through ``evaluate``.
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from hf_ckd.metrics import classification_metrics
     from hf_ckd.models import check_timm_architecture, timm_classifier
     from hf_ckd.optim import install_multistep_lr, parse_epochs
+    from hf_ckd.schedules import schedule_from_args
     from hf_ckd.selection import teacher_spec
     from hf_ckd.teachers import TeacherEnsemble
 
@@ -79,9 +81,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # Teachers first: a broken trajectory fails before any data is read.
     trajectory = teacher_trajectory(training_args)
+    spec, schedule = teacher_spec(training_args, trajectory), None
+    if training_args.teacher_schedule != "static":
+        # progressive / anchors: the trainer keeps only the active checkpoint in memory; the last one is loaded
+        # here just to read the label space.
+        schedule = schedule_from_args(training_args, trajectory.select(spec))
+        spec = [schedule.checkpoints[-1].name]
+        logger.info("Teacher schedule: %s", schedule)
     teachers = TeacherEnsemble.from_trajectory(
         trajectory,
-        teacher_spec(training_args, trajectory),
+        spec,
         training_args.teacher_weights,
         training_args.ensemble_average,
         dtype=training_args.teacher_dtype,
@@ -94,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     set_seed(training_args.seed)
     num_labels = teachers.output_size
+    if schedule is not None:
+        teachers = None  # freed: the trainer loads the scheduled checkpoints itself, as they come
     student = timm_classifier(
         student_args.student_model, num_labels, "--student_model", drop_rate=student_args.drop_rate
     )
@@ -109,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=hf_data.collate_images,
         compute_metrics=classification_metrics(),
         teachers=teachers,
+        teacher_schedule=schedule,
     )
     log_distributed_setup(trainer)
     if decay_epochs and training_args.lr_scheduler_type == "constant":

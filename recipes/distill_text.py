@@ -271,8 +271,10 @@ def resolve_teacher(training_args: CheckpointDistillConfig, task: str | None):
             "a saved model folder, or hub:ORG/NAME."
         )
     trajectory = teacher_trajectory(training_args)
-    # Hub checkpoints are downloaded here (weights, config, tokenizer), once; teacher loading reuses the cache.
-    selected = [fetch_checkpoint(c) for c in trajectory.select(teacher_spec(training_args, trajectory))]
+    selected = trajectory.select(teacher_spec(training_args, trajectory))
+    # The first selected checkpoint gives the config and the tokenizer: a Hub checkpoint is downloaded here
+    # (teacher loading reuses the cache); the others only when (and if) a schedule activates them.
+    selected[0] = fetch_checkpoint(selected[0])
     logger.info("Teacher trajectory %s; teaching: %s", trajectory, [c.name for c in selected])
     try:
         teacher_config = AutoConfig.from_pretrained(
@@ -590,7 +592,7 @@ def run(
 
     student_config = load_student_config(model_args)
     tokenizer, tokenizer_path, teacher_tokenizer = load_tokenizer(
-        model_args, [c.path for c in selected] + [trajectory.source]
+        model_args, [selected[0].path, trajectory.source]
     )
     models = {f"the teacher checkpoint '{selected[0].name}'": teacher_config, "the student": student_config}
     check_vocabulary(tokenizer, tokenizer_path, teacher_tokenizer, models)

@@ -518,3 +518,33 @@ def test_sparse_parity_quick_end_to_end(tmp_path):
     assert all(list(r["teacher_switches"][0]) == [0, "checkpoint-16"] for r in progressive)
     for teacher in results["teachers"].values():
         assert len(teacher["checkpoints"]) == 10 and len(teacher["checkpoints"][0]["single_in"]) == 2
+
+
+@pytest.mark.slow
+def test_distill_cifar100_recipe_walks_the_trajectory(tmp_path):
+    """The image recipe builds its teachers itself: with a schedule it hands the trainer the schedule."""
+    import datasets
+    from test_recipes_image import COMMON, cifar_like
+
+    data = str(tmp_path / "data")
+    datasets.DatasetDict({"train": cifar_like(64), "test": cifar_like(16, seed=1)}).save_to_disk(data)
+    teacher = str(tmp_path / "teacher")
+    load_recipe("train_teacher").main(
+        ["--model_name", "cifar_resnet20", "--dataset_path", data, "--output_dir", teacher, "--max_steps", "6",
+         "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--lr_decay_epochs", "", *COMMON]
+    )  # fmt: skip
+    out = tmp_path / "student"
+    load_recipe("distill_cifar100").main(
+        ["--teacher", teacher, "--teacher_checkpoints", "all", "--teacher_schedule", "progressive",
+         "--student_model", "cifar_resnet20", "--dataset_path", data, "--output_dir", str(out), "--max_steps", "6",
+         "--save_strategy", "no", "--eval_strategy", "no", "--alpha", "0.5", "--logging_steps", "2", *COMMON]
+    )  # fmt: skip
+    state = json.loads((out / "trainer_state.json").read_text())
+    switches = [
+        (e["step"], e["teacher/checkpoint"]) for e in state["log_history"] if "teacher/checkpoint" in e
+    ]
+    assert switches == [(0, "checkpoint-2"), (2, "checkpoint-4"), (4, "checkpoint-6")]
+    lineage = state["stateful_callbacks"]["TeacherLineageCallback"]["args"]["lineage"]
+    assert [c["name"] for c in lineage["checkpoints"]] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    card = (out / "README.md").read_text()  # the model card lists every checkpoint that taught
+    assert all(f"checkpoint-{step}" in card for step in (2, 4, 6))

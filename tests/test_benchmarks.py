@@ -1,0 +1,41 @@
+"""The benchmark scripts run end to end in --quick mode and write the JSON their docs describe (their
+figures are measurements, not asserted)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_large_vocab_quick(tmp_path):
+    out = tmp_path / "large_vocab.json"
+    load("large_vocab").main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert {(r["vocab"], r["mode"]) for r in runs} == {
+        (v, m) for v in (2048, 8192) for m in ("full", "chunked", "sampled")
+    }
+    for run in runs:
+        assert run["time_s"] > 0 and run["peak_bytes"] >= 0
+        if run["mode"] == "chunked":  # exact: equal to full whatever the machine
+            assert run["rel_error"] < 1e-5
+    assert set(result["quality"]) == {"full", "sampled"}
+
+
+def test_teacher_cost_quick(tmp_path):
+    out = tmp_path / "teacher_cost.json"
+    load("teacher_cost").main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["student_step_s"] > 0
+    assert set(result["ratios"]) == {"online_loop", "online_fused", "cached"}
+    for kind in result["ratios"].values():
+        assert set(kind) == {"1", "2"} and all(v > 0 for v in kind.values())
+    assert result["build_vs_inference"] > 0
