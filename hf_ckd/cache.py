@@ -123,17 +123,27 @@ class ExampleTransform:
     """``example -> {"pixel_values": transform(example[image_column]), "labels": example[label_column]}``,
     with a stable ``repr`` (it goes into the cache fingerprint; a lambda's ``repr`` changes every run)."""
 
-    def __init__(self, transform: Callable, image_column: str = "image", label_column: str = "label"):
+    def __init__(
+        self,
+        transform: Callable,
+        image_column: str = "image",
+        label_column: str = "label",
+        convert: str | None = None,
+    ):
         self.transform, self.image_column, self.label_column = transform, image_column, label_column
+        self.convert = convert  # PIL mode the image is converted to first ("RGB"), or None
 
     def __call__(self, example: dict) -> dict:
-        return {
-            "pixel_values": self.transform(example[self.image_column]),
-            "labels": example[self.label_column],
-        }
+        image = example[self.image_column]
+        if self.convert is not None and hasattr(image, "convert"):
+            image = image.convert(self.convert)
+        return {"pixel_values": self.transform(image), "labels": example[self.label_column]}
 
     def __repr__(self) -> str:
-        return f"ExampleTransform({self.transform!r}, image_column={self.image_column!r}, label_column={self.label_column!r})"
+        return (
+            f"ExampleTransform({self.transform!r}, image_column={self.image_column!r}, "
+            f"label_column={self.label_column!r}, convert={self.convert!r})"
+        )
 
 
 class ReplayViewCallback(TrainerCallback):
@@ -258,8 +268,8 @@ def build_soft_target_cache(
         views: augmented views per example; the student sees view ``epoch mod views``.
         storage: ``"probs"``, ``"topk"`` or ``"sampled"`` (the latter two need ``k < num_classes``).
         dtype: float dtype of stored probabilities (``float16`` or ``float32``).
-        accelerator: an ``accelerate.Accelerator`` to build with several processes (each computes a shard;
-            the main process writes the one cache).
+        accelerator: an ``accelerate.Accelerator`` or ``PartialState`` to build with several processes (each
+            computes a shard on its device; the main process writes the one cache).
 
     Returns:
         The :class:`SoftTargetCache` (opened from disk).
@@ -286,6 +296,8 @@ def build_soft_target_cache(
         raise CacheError(f"Cache folder '{output_dir}' already exists; pass overwrite=True to rebuild it.")
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
+    if accelerator is not None:
+        teachers.to(accelerator.device)
     device = accelerator.device if accelerator is not None else next(teachers.models[0].parameters()).device
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)

@@ -22,6 +22,7 @@ A lone ``.json`` or ``.yaml`` argument is read as the configuration file.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -45,6 +46,22 @@ class StudentArguments:
 
 
 @dataclass
+class CacheArguments:
+    cache_views: int = field(
+        default=8,
+        metadata={
+            "help": "With --soft_target_cache: augmented views per image (the student sees epoch mod views)."
+        },
+    )
+    cache_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the cached views (independent of --seed, so students share it)."},
+    )
+    cache_storage: str = field(default="probs", metadata={"help": "Cache storage: probs, topk or sampled."})
+    cache_k: int | None = field(default=None, metadata={"help": "k of cache_storage topk / sampled."})
+
+
+@dataclass
 class CifarDistillConfig(CifarScheduleDefaults, CheckpointDistillConfig):
     """``CheckpointDistillConfig`` with the standard CIFAR schedule as defaults."""
 
@@ -52,14 +69,17 @@ class CifarDistillConfig(CifarScheduleDefaults, CheckpointDistillConfig):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((StudentArguments, ImageDataArguments, CifarDistillConfig))
-    student_args, data_args, training_args = parse_recipe_args(parser, sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((StudentArguments, ImageDataArguments, CacheArguments, CifarDistillConfig))
+    student_args, data_args, cache_args, training_args = parse_recipe_args(
+        parser, sys.argv[1:] if argv is None else argv
+    )
 
     import transformers
     from transformers import set_seed
 
     from hf_ckd import CheckpointDistillTrainer
     from hf_ckd import data as hf_data
+    from hf_ckd.cache import SoftTargetCache, build_soft_target_cache
     from hf_ckd.cli import last_checkpoint, log_distributed_setup, train_and_report
     from hf_ckd.hub import teacher_trajectory
     from hf_ckd.metrics import classification_metrics
@@ -79,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "--teacher is required: the output_dir of the teacher's training run, or hub:ORG/NAME."
         )
 
+    cache_path = training_args.soft_target_cache
+    cache_ready = cache_path is not None and os.path.isdir(cache_path)
     # Teachers first: a broken trajectory fails before any data is read.
     trajectory = teacher_trajectory(training_args)
     spec, schedule = teacher_spec(training_args, trajectory), None
@@ -88,21 +110,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         schedule = schedule_from_args(training_args, trajectory.select(spec))
         spec = [schedule.checkpoints[-1].name]
         logger.info("Teacher schedule: %s", schedule)
-    teachers = TeacherEnsemble.from_trajectory(
-        trajectory,
-        spec,
-        training_args.teacher_weights,
-        training_args.ensemble_average,
-        dtype=training_args.teacher_dtype,
-        trust_remote_code=training_args.teacher_trust_remote_code,
-        allow_unsafe_pickle=training_args.teacher_allow_unsafe_pickle,
-    )
-    logger.info("Teachers: %s", ", ".join(f"{c.name} (T^{c.fraction:.2f})" for c in teachers.checkpoints))
+    teachers = None
+    if cache_ready:  # the targets are in the cache: no teacher is loaded (the trainer checks the fingerprint)
+        num_labels = SoftTargetCache(cache_path).num_classes
+    else:
+        teachers = TeacherEnsemble.from_trajectory(
+            trajectory,
+            spec,
+            training_args.teacher_weights,
+            training_args.ensemble_average,
+            dtype=training_args.teacher_dtype,
+            trust_remote_code=training_args.teacher_trust_remote_code,
+            allow_unsafe_pickle=training_args.teacher_allow_unsafe_pickle,
+            fusion=training_args.teacher_fusion,
+        )
+        logger.info("Teachers: %s", ", ".join(f"{c.name} (T^{c.fraction:.2f})" for c in teachers.checkpoints))
+        num_labels = teachers.output_size
 
     raw_train, raw_eval = data_args.load_splits()
 
     set_seed(training_args.seed)
-    num_labels = teachers.output_size
     if schedule is not None:
         teachers = None  # freed: the trainer loads the scheduled checkpoints itself, as they come
     student = timm_classifier(
@@ -111,6 +138,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train, evaluation, _ = data_args.transformed_splits(student.timm_model, raw_train, raw_eval, num_labels)
     if evaluation is None:
         training_args.eval_strategy = "no"
+    if cache_path is not None:
+        # The student trains on replayed views; the cache is built once (first run) and reused by every student.
+        train = replayed_train(student.timm_model, raw_train, data_args, cache_args)
+        if not cache_ready:
+            from accelerate import PartialState
+
+            build_soft_target_cache(
+                teachers, raw_train, cache_path, transform=train.transform, collate_fn=hf_data.collate_images,
+                temperature=training_args.temperature, views=cache_args.cache_views, seed=cache_args.cache_seed,
+                storage=cache_args.cache_storage, k=cache_args.cache_k,
+                batch_size=training_args.per_device_eval_batch_size, accelerator=PartialState(),
+            )  # fmt: skip
+        teachers = None  # freed: the targets come from the cache
 
     trainer = CheckpointDistillTrainer(
         model=student,
@@ -127,6 +167,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         install_multistep_lr(trainer, decay_epochs, training_args.lr_decay_rate)
     resume = last_checkpoint(training_args.output_dir, data_args.overwrite_output_dir)
     return train_and_report(trainer, resume, dataset=data_args.dataset_path or data_args.dataset_name)
+
+
+def replayed_train(timm_model, raw_train, data_args, cache_args):
+    """The training split as ``ReplayViews`` under the recipe's augmentation (what the cache is keyed by)."""
+    import timm
+
+    from hf_ckd import data as hf_data
+    from hf_ckd.cache import ExampleTransform, ReplayViews
+
+    data_config = timm.data.resolve_data_config({}, model=timm_model)
+    image, label = hf_data.image_columns(raw_train, data_args.image_column, data_args.label_column)
+    augment = hf_data.image_transform(
+        True, data_config["mean"], data_config["std"], data_config["input_size"][-1], data_args.crop_padding
+    )
+    transform = ExampleTransform(augment, image, label, convert="RGB")
+    return ReplayViews(raw_train, transform, views=cache_args.cache_views, seed=cache_args.cache_seed)
 
 
 if __name__ == "__main__":

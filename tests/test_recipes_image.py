@@ -196,3 +196,35 @@ def test_select_teachers_then_distill_from_the_selection(cifar_teacher, cifar_di
         lineage = json.load(f)["stateful_callbacks"]["TeacherLineageCallback"]["args"]["lineage"]
     assert [c["name"] for c in lineage["checkpoints"]] == content["selected"]
     assert lineage["teacher_selection"] == str(selection)
+
+
+def test_distill_cifar100_with_a_soft_target_cache(cifar_teacher, cifar_dir, tmp_path, monkeypatch):
+    """The first run builds the cache (teachers loaded once); a second student with another seed reuses it
+    and loads no teacher at all."""
+    from hf_ckd.cache import SoftTargetCache
+    from hf_ckd.teachers import TeacherEnsemble
+
+    cache = str(tmp_path / "cache")
+
+    def run(name, seed):
+        return load_recipe("distill_cifar100").main(
+            ["--teacher", cifar_teacher, "--teacher_checkpoints", "0.6,last", "--student_model", "cifar_resnet20",
+             "--dataset_path", cifar_dir, "--output_dir", str(tmp_path / name), "--max_steps", "12",
+             "--save_strategy", "no", "--eval_strategy", "no", "--temperature", "4", "--alpha", "0.5",
+             "--logging_steps", "2", "--soft_target_cache", cache, "--cache_views", "2", "--seed", str(seed),
+             *COMMON]
+        )  # fmt: skip
+
+    run("first", 0)
+    built = SoftTargetCache(cache)
+    assert len(built.table) == 96 * 2 and built.config["teachers"] == ["checkpoint-4", "checkpoint-6"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a teacher was loaded although the cache exists")
+
+    monkeypatch.setattr(TeacherEnsemble, "from_trajectory", refuse)
+    run("second", 1)
+    with open(tmp_path / "second" / "trainer_state.json") as f:
+        state = json.load(f)
+    assert state["epoch"] == 2  # 96 images / batch 16 = 6 steps per epoch: both views were used
+    assert any("loss_kd" in entry for entry in state["log_history"])
