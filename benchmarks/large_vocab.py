@@ -67,8 +67,8 @@ class BenchmarkArguments:
 
     def apply_quick(self) -> None:
         if self.quick:
-            self.vocabs, self.positions, self.hidden, self.teacher_hidden = "2048,8192", 128, 32, 48
-            self.chunk_size, self.repeats, self.quality_vocab, self.quality_steps = 32, 3, 2048, 30
+            self.vocabs, self.positions, self.hidden, self.teacher_hidden = "4096", 128, 32, 48
+            self.chunk_size, self.repeats, self.quality_vocab, self.quality_steps = 32, 2, 2048, 20
             self.quality_positions = 64
 
     @property

@@ -336,7 +336,8 @@ class _ChunkedLinearKD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_kd, _grad_ce):
-        grads = [g * grad_loss.to(g.dtype) if g is not None else None for g in ctx.saved_tensors]
+        # The stored gradients are not needed again: scale them in place (no second copy of dL/dW).
+        grads = [g.mul_(grad_loss.to(g.dtype)) if g is not None else None for g in ctx.saved_tensors]
         return (*grads, None, None, None, None, None, None)
 
 
@@ -410,13 +411,14 @@ def linear_distillation_loss(
 
     * ``"full"`` materialises ``[N, V]`` logits (the reference);
     * ``"chunked"`` is exact: positions in chunks of ``chunk_size``, a custom ``autograd.Function`` that
-      recomputes a chunk's logits in backward, so memory is ``O(chunk_size * V)``, not ``O(N * V)``;
-    * ``"sampled"`` estimates it from ``num_samples`` vocabulary rows per position: the teacher's
-      expectation from ``num_samples`` draws of P_T^tau per position (unbiased), the student's
-      log-normaliser by importance sampling from a proposal shared by the batch (``proposal_teacher_mass``
-      of the drawn teacher tokens' frequencies mixed with uniform), or exactly in chunks with
-      ``sampled_normalizer="exact"``. The teacher's target is computed in chunks without gradient; only the
-      student's rows for the drawn ids get gradients.
+      computes each chunk's logits, loss and gradients in one pass, so memory is ``O(chunk_size * V)``, not
+      ``O(N * V)``;
+    * ``"sampled"`` estimates it from ``num_samples`` vocabulary ids per position: a share
+      ``proposal_teacher_mass`` of them drawn from P_T^tau (their mean student logit is the unbiased cross
+      term), the rest uniform ids shared by the batch; the student's log-normaliser is importance-sampled
+      over all of them from the per-position mixture they come from, or computed exactly in chunks with
+      ``sampled_normalizer="exact"`` (then all ``num_samples`` are teacher draws). The teacher's target is
+      computed in chunks without gradient; only the student's rows for the sampled ids get gradients.
 
     Args:
         student_hidden: ``[..., Hs]``, flattened to ``[N, Hs]`` (positions already aligned with ``labels``:
@@ -468,8 +470,8 @@ def linear_distillation_loss(
             raise ValueError(
                 f"sampled_normalizer must be 'importance' or 'exact', got {sampled_normalizer!r}."
             )
-        if not 0.0 <= proposal_teacher_mass < 1.0:
-            raise ValueError(f"proposal_teacher_mass must lie in [0, 1), got {proposal_teacher_mass!r}.")
+        if not 0.0 < proposal_teacher_mass <= 1.0:
+            raise ValueError(f"proposal_teacher_mass must lie in (0, 1], got {proposal_teacher_mass!r}.")
     keep = mask.nonzero().squeeze(-1)
     hidden = hidden[keep]
     teacher_hidden = [h[keep] for h in teacher_hidden]
@@ -553,20 +555,83 @@ def linear_kd_loss(
     return loss
 
 
+class _GatheredLogits(torch.autograd.Function):
+    """``z[i, k] = hidden[i] . weight[ids[i, k]] + bias[ids[i, k]]``, ``[n, K]`` float32, for per-position id
+    lists, in chunks of positions; backward adds into one dense weight gradient (``index_add_``)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ids):
+        chunk = max(1, (1 << 24) // max(1, ids.shape[1] * weight.shape[1]))  # about 64 MB of gathered rows
+        out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
+        with torch.no_grad():
+            for start in range(0, ids.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                rows_w = weight[ids[rows]]  # [c, K, H]
+                z = (rows_w @ hidden[rows].unsqueeze(-1)).squeeze(-1)
+                out[rows] = _upcast(z + bias[ids[rows]] if bias is not None else z)
+        ctx.save_for_backward(hidden, weight, bias, ids)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, ids = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_bias = (
+            torch.zeros_like(bias, dtype=torch.float32)
+            if bias is not None and ctx.needs_input_grad[2]
+            else None
+        )
+        for start in range(0, ids.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            g = grad_out[rows]  # [c, K]
+            flat_ids = ids[rows].reshape(-1)
+            if grad_hidden is not None:
+                grad_hidden[rows] = (
+                    (g.unsqueeze(1).to(weight.dtype) @ weight[ids[rows]]).squeeze(1).to(hidden.dtype)
+                )
+            if grad_weight is not None:
+                outer = g.unsqueeze(-1) * _upcast(hidden[rows]).unsqueeze(1)  # [c, K, H]
+                grad_weight.index_add_(0, flat_ids, outer.reshape(-1, outer.shape[-1]))
+            if grad_bias is not None:
+                grad_bias.index_add_(0, flat_ids, g.reshape(-1))
+        return (
+            grad_hidden,
+            grad_weight.to(weight.dtype) if grad_weight is not None else None,
+            grad_bias.to(bias.dtype) if grad_bias is not None else None,
+            None,
+        )
+
+
 def _sampled_linear_kd(
     hidden, weight, bias, labels, teachers, temperature, chunk_size, num_samples, generator, normalizer,
     teacher_mass, with_kd, with_ce,
 ):  # fmt: skip
-    """Sampled estimate of the KD and CE sums (see :func:`linear_distillation_loss`)."""
+    """Sampled estimate of the KD and CE sums (see :func:`linear_distillation_loss`).
+
+    Per position i: K1 draws ``t_ik ~ P_T,i`` (the cross term, unbiased) and K2 uniform ids ``u_j`` shared by
+    the batch. With the importance normaliser, all K = K1 + K2 ids are samples of the per-position mixture
+    ``q_i = (K1/K) P_T,i + (K2/K) U`` (stratified, the balance heuristic), so
+    ``Z_hat_i = (1/K) sum_s exp(z_i(s) / tau) / q_i(s)`` is unbiased for ``Z_i``.
+    """
     n, vocab = hidden.shape[0], weight.shape[0]
     device = hidden.device
     zero = hidden.new_zeros((), dtype=torch.float32)
     if n == 0:
         return zero, zero
-    # 1. Teacher pass in chunks, no gradient: exact entropy, num_samples draws of P_T^tau per position.
+    use_importance = normalizer == "importance"
+    k_teacher = num_samples if not use_importance else max(1, round(teacher_mass * num_samples))
+    k_uniform = num_samples - k_teacher if use_importance else 0
+    if use_importance and k_uniform == 0 and num_samples > 1:
+        k_teacher, k_uniform = num_samples - 1, 1
+    uniform = torch.randint(0, vocab, (k_uniform,), generator=generator, device=device)
+    mix_teacher, mix_uniform = k_teacher / (k_teacher + k_uniform), k_uniform / (k_teacher + k_uniform)
+    # 1. Teacher pass in chunks, no gradient: exact entropy, draws of P_T,i, and q_i at every sampled id.
     entropy_sum = zero.clone()
-    draws = torch.empty(n, num_samples if with_kd else 0, dtype=torch.long, device=device)
-    if with_kd:
+    draws = torch.zeros(n, k_teacher, dtype=torch.long, device=device)
+    log_q = torch.zeros(n, k_teacher + k_uniform, dtype=torch.float32, device=device)
+    if with_kd or use_importance:
         for start in range(0, n, chunk_size):
             rows = slice(start, start + chunk_size)
             log_target = teachers.log_target(rows)
@@ -574,39 +639,28 @@ def _sampled_linear_kd(
             chunk_entropy = -(probs * log_target).sum()
             teachers.check_finite(chunk_entropy)
             entropy_sum += chunk_entropy
-            draws[rows] = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
-    # 2. One proposal for the batch: frequencies of the drawn teacher tokens mixed with uniform.
-    proposal = torch.full((vocab,), 1.0 / vocab, dtype=torch.float32, device=device)
-    if with_kd and teacher_mass > 0:
-        counts = torch.bincount(draws.reshape(-1), minlength=vocab).float()
-        proposal = teacher_mass * counts / counts.sum() + (1 - teacher_mass) * proposal
-    use_importance = normalizer == "importance"
-    negatives = (
-        torch.multinomial(proposal, num_samples, replacement=True, generator=generator)
-        if use_importance
-        else draws.new_empty(0)
-    )
-    # 3. Student logits on the union of the ids every position needs: [n, |S|], never [n, V].
-    ids = torch.cat([draws.reshape(-1), negatives, labels if with_ce else labels.new_empty(0)])
-    support, inverse = torch.unique(ids, return_inverse=True)
-    logits = _linear_logits(hidden, weight[support], bias[support] if bias is not None else None)
-    draw_cols = inverse[: draws.numel()].view(n, -1)
-    neg_cols = inverse[draws.numel() : draws.numel() + negatives.numel()]
-    label_cols = inverse[draws.numel() + negatives.numel() :]
+            draws[rows] = torch.multinomial(probs, k_teacher, replacement=True, generator=generator)
+            sampled = torch.cat([probs.gather(1, draws[rows]), probs[:, uniform]], dim=1)
+            log_q[rows] = (mix_teacher * sampled + mix_uniform / vocab).log()
+    # 2. Student logits at the sampled ids only: [n, K1] per position, [n, K2] shared.
+    draw_logits = _GatheredLogits.apply(hidden, weight, bias, draws)
+    uniform_logits = _linear_logits(hidden, weight[uniform], bias[uniform] if bias is not None else None)
+    sample_logits = torch.cat([draw_logits, uniform_logits], dim=1)
 
     def log_normalizer_sum(scale: float) -> torch.Tensor:
-        """sum_i log sum_v exp(z_iv / scale): importance-sampled from the proposal, or exact in chunks."""
+        """sum_i log sum_v exp(z_iv / scale): importance-sampled from q_i, or exact in chunks."""
         if use_importance:
-            log_weights = logits[:, neg_cols] / scale - proposal[negatives].log()
-            return (torch.logsumexp(log_weights, dim=-1) - math.log(num_samples)).sum()
+            log_weights = sample_logits / scale - log_q
+            return (torch.logsumexp(log_weights, dim=-1) - math.log(k_teacher + k_uniform)).sum()
         return _ChunkedLogSumExp.apply(hidden, weight, bias, scale, chunk_size)
 
     kd_sum = ce_sum = zero
     if with_kd:
-        cross = logits.gather(1, draw_cols).mean(dim=1) / temperature  # estimates sum_v P_T(v) z_v / tau
+        cross = draw_logits.mean(dim=1) / temperature  # estimates sum_v P_T(v) z_v / tau
         kd_sum = temperature**2 * (log_normalizer_sum(temperature) - cross.sum() - entropy_sum)
     if with_ce:
-        ce_sum = log_normalizer_sum(1.0) - logits.gather(1, label_cols[:, None]).sum()
+        label_logits = _GatheredLogits.apply(hidden, weight, bias, labels[:, None]).squeeze(1)
+        ce_sum = log_normalizer_sum(1.0) - label_logits.sum()
     return kd_sum, ce_sum
 
 
@@ -634,5 +688,5 @@ class _ChunkedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total):
-        grads = [g * grad_total.to(g.dtype) if g is not None else None for g in ctx.saved_tensors]
+        grads = [g.mul_(grad_total.to(g.dtype)) if g is not None else None for g in ctx.saved_tensors]
         return (*grads, None, None)

@@ -3,6 +3,7 @@ figures are measurements, not asserted)."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -11,6 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 def load(name):
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -21,7 +23,7 @@ def test_large_vocab_quick(tmp_path):
     result = json.loads(out.read_text())
     runs = result["runs"]
     assert {(r["vocab"], r["mode"]) for r in runs} == {
-        (v, m) for v in (2048, 8192) for m in ("full", "chunked", "sampled")
+        (v, m) for v in (4096,) for m in ("full", "chunked", "sampled")
     }
     for run in runs:
         assert run["time_s"] > 0 and run["peak_bytes"] >= 0
