@@ -53,3 +53,28 @@ def test_two_processes_agree_and_match_one_process(text_teacher, tmp_path):
     assert infos[0]["loss_kd"] == pytest.approx(
         json.loads((single_out / "rank0.json").read_text())["loss_kd"], rel=1e-4
     )
+
+
+def test_chunked_kd_under_ddp_equals_full(lm_teacher, tmp_path):
+    """kd_loss='chunked' (hidden states + LM heads, the head weight's gradient made outside the student's
+    forward) on two DDP processes: both ranks agree and reach the weights of kd_loss='full'."""
+    script = os.path.join(os.path.dirname(__file__), "scripts", "distill_lm_two_processes.py")
+    results = {}
+    for mode in ("full", "chunked"):
+        out = tmp_path / mode
+        launch = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
+            script, lm_teacher, str(out), "4", mode,
+        ]  # fmt: skip
+        result = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        infos = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+        assert all(info["distributed_type"] == "MULTI_CPU" for info in infos)
+        ranks = [load_file(out / f"rank{r}.safetensors") for r in range(2)]
+        assert all((ranks[0][k] == ranks[1][k]).all() for k in ranks[0])
+        results[mode] = (ranks[0], infos[0]["loss_kd"])
+    for key, value in results["full"][0].items():
+        assert results["chunked"][0][key].allclose(value, atol=1e-5), key
+    assert results["chunked"][1] == pytest.approx(results["full"][1], rel=1e-5)
