@@ -7,8 +7,13 @@ In one process, on one batch shape, with warm-up and the median of interleaved r
 * the ratio to it of a KD step with M = 1, 2, 4 teachers: ``online_loop`` (M teacher forwards one after
   the other), ``online_fused`` (one ``vmap`` over the stacked checkpoints), ``cached`` (targets looked up in
   a ``SoftTargetCache`` built for those teachers);
-* the cache build's throughput (examples/s, transform and Arrow writes included) as a ratio to raw teacher
-  inference throughput on the same examples (already-collated batches).
+* the cache build's throughput (examples/s: PNG decoding, the augmentation, the teacher forwards and the
+  Arrow writes) as a ratio to raw teacher inference throughput on the same examples (batches already
+  decoded, augmented and collated), each measured ``build_repeats`` times, interleaved, after a warm-up.
+
+The data are CIFAR-shaped: a ``datasets.Dataset`` of 32 x 32 PNG images with a ``ClassLabel`` column and
+the recipes' augmentation (``hf_ckd.data.image_transform``: crop with padding, flip, normalise), which is
+what ``distill_cifar100.py --soft_target_cache`` builds from.
 
 The teachers are M copies of a bigger CIFAR network with different random weights (their cost does not
 depend on what they learnt); the student is a small one.
@@ -27,14 +32,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from datasets import Dataset
-from torchvision.transforms import v2
+from datasets import ClassLabel, Dataset, Features, Image
+from PIL import Image as PILImage
 from transformers import HfArgumentParser
 
 import hf_ckd  # noqa: F401  (registers the CIFAR networks with timm)
 from hf_ckd.cache import ExampleTransform, SoftTargetCache, build_soft_target_cache
-from hf_ckd.data import collate_images
+from hf_ckd.data import CIFAR100_MEAN, CIFAR100_STD, collate_images, image_transform
 from hf_ckd.losses import ensemble_kd_loss
 from hf_ckd.models import timm_classifier
 from hf_ckd.teachers import TeacherEnsemble
@@ -51,6 +57,10 @@ class BenchmarkArguments:
     repeats: int = field(default=7, metadata={"help": "Timed repeats per variant (median)."})
     warmup: int = field(default=2, metadata={"help": "Untimed steps per variant first."})
     build_examples: int = field(default=512, metadata={"help": "Examples in the cache-build measurement."})
+    build_repeats: int = field(default=3, metadata={"help": "Timed cache builds (and inference passes)."})
+    build_workers: int = field(
+        default=0, metadata={"help": "DataLoader workers of the cache build (0: data read between forwards)."}
+    )
     temperature: float = field(default=4.0, metadata={"help": "tau."})
     threads: int = field(default=0, metadata={"help": "torch threads (0: leave as is)."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
@@ -60,7 +70,7 @@ class BenchmarkArguments:
     def apply_quick(self) -> None:
         if self.quick:
             self.batch_size, self.teacher, self.teachers, self.num_classes = 8, "cifar_resnet20", "1,2", 10
-            self.repeats, self.warmup, self.build_examples = 3, 1, 32
+            self.repeats, self.warmup, self.build_examples, self.build_repeats = 3, 1, 32, 1
 
     @property
     def sizes(self) -> list[int]:
@@ -88,18 +98,32 @@ def make_teachers(args: BenchmarkArguments, m: int, fusion: str, workdir: str) -
     return TeacherEnsemble(models, checkpoints, fusion=fusion)
 
 
+def build_cache(
+    args: BenchmarkArguments, teachers: TeacherEnsemble, data, transform, path: str
+) -> SoftTargetCache:
+    return build_soft_target_cache(
+        teachers, data, path, transform=transform, collate_fn=collate_images, temperature=args.temperature,
+        batch_size=args.batch_size, num_workers=args.build_workers, progress=False, overwrite=True,
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(argv)
     args.apply_quick()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
-    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     n_images = max(args.build_examples, args.batch_size)
-    images = torch.randn(n_images, 3, 32, 32, generator=g)
-    labels = torch.randint(0, args.num_classes, (n_images,), generator=g)
-    data = Dataset.from_dict({"image": images.numpy(), "label": labels.numpy()}).with_format("torch")
-    transform = ExampleTransform(v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]))
+    data = Dataset.from_dict(
+        {
+            "img": [PILImage.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n_images)],
+            "fine_label": rng.integers(0, args.num_classes, n_images).tolist(),
+        },
+        features=Features({"img": Image(), "fine_label": ClassLabel(num_classes=args.num_classes)}),
+    )  # fmt: skip
+    augment = image_transform(True, CIFAR100_MEAN, CIFAR100_STD, 32, 4)
+    transform = ExampleTransform(augment, "img", "fine_label", convert="RGB")
 
     torch.manual_seed(0)
     student = timm_classifier(args.student, args.num_classes, "--student").to(device)
@@ -121,21 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     variants = {"student": lambda: student_step()}
     workdir = tempfile.mkdtemp(prefix="teacher_cost-")
-    build = {}
     for m in args.sizes:
         loop = make_teachers(args, m, "loop", workdir)
         fused = TeacherEnsemble(loop.models, loop.checkpoints, fusion="vmap")
         variants[f"online_loop/{m}"] = lambda t=loop: student_step(teacher_logits=t.logits(batch))
         if m > 1:
             variants[f"online_fused/{m}"] = lambda t=fused: student_step(teacher_logits=t.logits(batch))
-        # The cache of these teachers over the benchmark's examples (its build is timed once, for M = max).
-        start = time.perf_counter()
-        build_soft_target_cache(
-            loop, data, os.path.join(workdir, f"cache-{m}"), transform=transform, collate_fn=collate_images,
-            temperature=args.temperature, batch_size=args.batch_size, progress=False, overwrite=True,
-        )  # fmt: skip
-        build[m] = time.perf_counter() - start
-        cache = SoftTargetCache(os.path.join(workdir, f"cache-{m}"))
+        cache = build_cache(args, loop, data, transform, os.path.join(workdir, f"cache-{m}"))
         variants[f"cached/{m}"] = lambda c=cache: student_step(
             log_target=c.log_targets(index, view).to(device)
         )
@@ -159,21 +175,38 @@ def main(argv: list[str] | None = None) -> dict:
         if "/" in name:
             kind, m = name.split("/")
             ratios[kind][m] = round(t / student_s, 3)
-    ratios["online_fused"].setdefault("1", ratios["online_loop"]["1"])  # one teacher: nothing to fuse
+    if "1" in ratios["online_loop"]:  # one teacher: nothing to fuse
+        ratios["online_fused"].setdefault("1", ratios["online_loop"]["1"])
 
-    # Build throughput against raw inference of the same teachers on the same examples.
+    # Build throughput against raw inference of the same teachers on the same examples, for M = max.
     m = max(args.sizes)
     teachers = make_teachers(args, m, "loop", workdir)
     batches = [
         {k: v.to(device) for k, v in collate_images([transform(data[i]) for i in range(s, min(s + args.batch_size, n_images))]).items()}
         for s in range(0, n_images, args.batch_size)
     ]  # fmt: skip
-    start = time.perf_counter()
-    for b in batches:
-        teachers.log_targets(b, args.temperature)
-    synchronize(device)
-    inference_s = time.perf_counter() - start
-    build_vs_inference = round(inference_s / build[m], 3)
+
+    def inference() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                teachers.log_targets(b, args.temperature)
+
+    cache_dir = os.path.join(workdir, "cache-build")
+    build_s, inference_s = [], []
+    inference()  # warm-up (the build's warm-up was the cache built above)
+    for r in range(args.build_repeats):
+        order = [
+            ("build", lambda: build_cache(args, teachers, data, transform, cache_dir)),
+            ("inference", inference),
+        ]
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            (build_s if name == "build" else inference_s).append(time.perf_counter() - start)
+    build_time, inference_time = statistics.median(build_s), statistics.median(inference_s)
+    build_vs_inference = round(inference_time / build_time, 3)
 
     machine = (
         torch.cuda.get_device_name()
@@ -188,8 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
         "student_step_s": round(student_s, 5),
         "ratios": ratios,
         "build_vs_inference": build_vs_inference,
-        "build_examples_per_s": round(n_images / build[m], 1),
-        "inference_examples_per_s": round(n_images / inference_s, 1),
+        "build_examples_per_s": round(n_images / build_time, 1),
+        "inference_examples_per_s": round(n_images / inference_time, 1),
+        "build_workers": args.build_workers,
     }
     print(f"{machine}; batch {args.batch_size}x3x32x32, student {args.student}, teachers {args.teacher}")
     print(f"student-only step: {student_s * 1000:.1f} ms")

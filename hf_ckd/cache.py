@@ -56,14 +56,19 @@ def view_seed(seed: int, index: int, view: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def seed_rngs(seed: int) -> None:
+    """Seed torch's CPU RNG, Python's ``random`` and NumPy's global RNG (what transforms draw from)."""
+    torch.default_generator.manual_seed(seed)  # torch.manual_seed also queues (slow) lazy seeds for GPUs
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 @contextlib.contextmanager
-def seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed torch's CPU RNG, Python's ``random`` and NumPy's global RNG; restore all three afterwards."""
+def preserved_rngs() -> Iterator[None]:
+    """Restore torch's CPU RNG, Python's ``random`` and NumPy's global RNG on exit (the training RNG must
+    not move because a view was replayed)."""
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
         try:
             yield
         finally:
@@ -98,15 +103,35 @@ class ReplayViews(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.view = int(epoch) % self.views
 
-    def item(self, index: int, view: int) -> dict[str, Any]:
-        example = dict(self.dataset[int(index)])
-        with seeded_rngs(view_seed(self.seed, int(index), view)):
-            out = dict(self.transform(example))
-        out["cache_index"], out["cache_view"] = int(index), int(view)
+    def _view(self, example: Mapping, index: int, view: int) -> dict[str, Any]:
+        """Call inside :func:`preserved_rngs`."""
+        seed_rngs(view_seed(self.seed, index, view))
+        out = dict(self.transform(dict(example)))
+        out["cache_index"], out["cache_view"] = index, view
         return out
+
+    def item(self, index: int, view: int) -> dict[str, Any]:
+        with preserved_rngs():
+            return self._view(self.dataset[int(index)], int(index), int(view))
+
+    def items(self, keys: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        """The ``(index, view)`` items of ``keys``, the raw examples read in one batched lookup.
+
+        A ``datasets.Dataset`` formats one slice much faster than the same rows one by one (per-row reads
+        dominated the cache build before), so both the build and the training ``DataLoader`` (through
+        :meth:`__getitems__`) read this way.
+        """
+        indices = [int(index) for index, _ in keys]
+        getitems = getattr(self.dataset, "__getitems__", None)
+        examples = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
+        with preserved_rngs():  # saved and restored once per batch: it costs more than a small transform
+            return [self._view(example, i, int(v)) for example, (i, v) in zip(examples, keys)]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(index, self.view)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return self.items([(int(i), self.view) for i in indices])
 
     def describe(self) -> dict[str, Any]:
         """What the targets depend on: the data (fingerprint, size), the transform, the views and the seed."""
@@ -239,6 +264,33 @@ def _encode(probs: torch.Tensor, storage: str, k: int, generator: torch.Generato
     return {"ids": ids, "counts": counts}
 
 
+class _ViewRows(torch.utils.data.Dataset):
+    """Row ``r`` of the cache (example ``r // views``, view ``r mod views``) for the rows one process builds;
+    fetched a batch at a time (``__getitems__``) so the raw examples are read in one lookup."""
+
+    def __init__(self, replay: ReplayViews, rows: Sequence[int]):
+        self.replay, self.rows = replay, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int) -> tuple[int, dict]:
+        return self.__getitems__([position])[0]
+
+    def __getitems__(self, positions: Sequence[int]) -> list[tuple[int, dict]]:
+        views = self.replay.views
+        rows = [self.rows[p] for p in positions]
+        return list(zip(rows, self.replay.items([(row // views, row % views) for row in rows])))
+
+
+def _collate_rows(collate_fn: Callable[[list[dict]], dict]) -> Callable:
+    def collate(pairs: list[tuple[int, dict]]) -> tuple[list[int], dict]:
+        items = [{k: v for k, v in item.items() if k not in CACHE_KEYS} for _, item in pairs]
+        return [row for row, _ in pairs], collate_fn(items)
+
+    return collate
+
+
 def build_soft_target_cache(
     teachers: TeacherEnsemble,
     dataset,
@@ -253,6 +305,7 @@ def build_soft_target_cache(
     k: int | None = None,
     dtype: str = "float16",
     batch_size: int = 256,
+    num_workers: int = 0,
     accelerator=None,
     overwrite: bool = False,
     progress: bool = True,
@@ -268,6 +321,9 @@ def build_soft_target_cache(
         views: augmented views per example; the student sees view ``epoch mod views``.
         storage: ``"probs"``, ``"topk"`` or ``"sampled"`` (the latter two need ``k < num_classes``).
         dtype: float dtype of stored probabilities (``float16`` or ``float32``).
+        batch_size: examples per teacher forward.
+        num_workers: ``DataLoader`` worker processes that read and transform the next batches while the
+            teachers run (0: in the main process, between forwards).
         accelerator: an ``accelerate.Accelerator`` or ``PartialState`` to build with several processes (each
             computes a shard on its device; the main process writes the one cache).
 
@@ -312,13 +368,20 @@ def build_soft_target_cache(
         generator = torch.Generator().manual_seed(view_seed(seed, -1, rank))
         columns: dict[str, list] = {"row": []}
         np_dtype = np.float16 if dtype == "float16" else np.float32
+        loader = torch.utils.data.DataLoader(
+            _ViewRows(replay, rows),
+            batch_size=batch_size,
+            collate_fn=_collate_rows(collate_fn),
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
         with torch.inference_mode():
             bar = tqdm(total=len(rows), desc="soft targets", disable=not progress or rank != 0)
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                items = [replay.item(row // views, row % views) for row in chunk]
-                batch = collate_fn([{k_: v for k_, v in it.items() if k_ not in CACHE_KEYS} for it in items])
-                batch = {k_: v.to(device) if isinstance(v, torch.Tensor) else v for k_, v in batch.items()}
+            for chunk, batch in loader:
+                batch = {
+                    k_: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                    for k_, v in batch.items()
+                }
                 probs = teachers.log_targets(batch, temperature).float().exp()
                 if num_classes is None:
                     num_classes = probs.shape[-1]

@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 temperature=training_args.temperature, views=cache_args.cache_views, seed=cache_args.cache_seed,
                 storage=cache_args.cache_storage, k=cache_args.cache_k,
                 batch_size=training_args.per_device_eval_batch_size, accelerator=PartialState(),
+                num_workers=training_args.dataloader_num_workers,
             )  # fmt: skip
         teachers = None  # freed: the targets come from the cache
 

@@ -79,6 +79,34 @@ def test_views_replay_pixel_for_pixel(examples):
     )
 
 
+def test_batched_reads_equal_single_reads_and_leave_the_rng_alone(examples):
+    replay = ReplayViews(examples, augment(), views=4, seed=7)
+    keys = [(3, 2), (0, 0), (39, 3), (3, 1)]
+    torch.manual_seed(11)
+    expected_next = torch.rand(3)
+    torch.manual_seed(11)
+    batch = replay.items(keys)
+    assert torch.equal(torch.rand(3), expected_next)  # replaying views did not move the training RNG
+    for item, (index, view) in zip(batch, keys):
+        single = replay.item(index, view)
+        assert torch.equal(item["pixel_values"], single["pixel_values"])
+        assert (item["cache_index"], item["cache_view"]) == (index, view)
+    replay.set_epoch(1)
+    through_loader = next(iter(torch.utils.data.DataLoader(replay, batch_size=4, collate_fn=list)))
+    assert [it["cache_view"] for it in through_loader] == [1] * 4
+    assert torch.equal(through_loader[3]["pixel_values"], replay.item(3, 1)["pixel_values"])
+
+
+def test_build_with_dataloader_workers_equals_build_without(tmp_path, probs_cache, ensemble, examples):
+    cache = build_soft_target_cache(
+        ensemble, examples, str(tmp_path / "workers"), transform=augment(), collate_fn=collate_images,
+        temperature=TAU, views=3, batch_size=16, num_workers=2, progress=False,
+    )  # fmt: skip
+    index = torch.arange(40).repeat(3)
+    view = torch.arange(3).repeat_interleave(40)
+    assert torch.equal(cache.log_targets(index, view), probs_cache.log_targets(index, view))
+
+
 @pytest.mark.parametrize("storage", ["topk", "sampled"])
 def test_topk_and_sampled_storage(tmp_path, ensemble, examples, storage):
     cache = build_soft_target_cache(
