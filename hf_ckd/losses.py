@@ -223,6 +223,11 @@ def _linear_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return _upcast(logits)
 
 
+def _log_softmax_(x: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(x, -1)`` written into ``x`` (chunked losses hold a few ``[n, V]`` buffers, not more)."""
+    return x.sub_(torch.logsumexp(x, dim=-1, keepdim=True))
+
+
 class _TeacherHeads:
     """M teachers as hidden states and LM heads; gives the tempered ensemble target for a range of rows."""
 
@@ -233,6 +238,9 @@ class _TeacherHeads:
     @torch.no_grad()
     def log_target(self, rows: slice) -> torch.Tensor:
         """log P_ens^tau for ``rows``, ``[n, V]`` float32."""
+        if len(self.hidden) == 1:  # one teacher: log-softmax in place (one [n, V] buffer, not three)
+            logits = _linear_logits(self.hidden[0][rows], self.weight[0], self.bias[0])  # a fresh tensor
+            return _log_softmax_(logits.div_(self.temperature))
         logits = [_linear_logits(h[rows], w, b) for h, w, b in zip(self.hidden, self.weight, self.bias)]
         return ensemble_log_probs(logits, self.temperature, self.weights, self.average)
 
@@ -302,26 +310,36 @@ class _ChunkedLinearKD(torch.autograd.Function):
         with_grad = any(grads_needed)
 
         def chunk(rows, logits):
+            # ``logits`` is this chunk's fresh float32 [n, V] buffer: it is turned into the gradient in place,
+            # so a chunk holds three [n, V] buffers at most (logits, log P_T, P_T).
             nonlocal kd_sum, ce_sum
             loss = logits.new_zeros(())
-            grad_logits = torch.zeros_like(logits) if with_grad else None
+            grad_logits = None
+            if ce_weight:
+                label_logits = logits.gather(1, labels[rows, None]).sum()
+                log_norm = torch.logsumexp(logits, dim=-1)
+                ce = log_norm.sum() - label_logits
+                ce_sum = ce_sum + ce
+                loss = loss + ce_weight * ce
+                if with_grad:  # d CE / dz = softmax(z) - onehot(y)
+                    grad_logits = (logits - log_norm[:, None]).exp_()
+                    grad_logits[torch.arange(grad_logits.shape[0], device=logits.device), labels[rows]] -= 1
+                    grad_logits.mul_(ce_weight)
             if kd_weight:
                 log_target = teachers.log_target(rows)
-                log_student = F.log_softmax(logits / tau, dim=-1)
-                kl = (log_target.exp() * (log_target - log_student)).sum()
+                log_student = _log_softmax_(logits.div_(tau))  # logits is not needed again
+                target = log_target.exp()
+                # KL = sum P (log P - log q), as two dot products: no [n, V] temporary.
+                kl = torch.dot(target.view(-1), log_target.view(-1)) - torch.dot(
+                    target.view(-1), log_student.view(-1)
+                )
+                del log_target
                 kd_sum = kd_sum + kl
                 loss = loss + kd_weight * tau**2 * kl
                 if with_grad:
                     # d/dz of tau^2 * KL(P || softmax(z / tau)) = tau * (softmax(z / tau) - P)
-                    grad_logits += (kd_weight * tau) * (log_student.exp_() - log_target.exp_())
-            if ce_weight:
-                ce = F.cross_entropy(logits, labels[rows], reduction="sum")
-                ce_sum = ce_sum + ce
-                loss = loss + ce_weight * ce
-                if with_grad:
-                    ce_grad = F.softmax(logits, dim=-1)
-                    ce_grad[torch.arange(ce_grad.shape[0], device=ce_grad.device), labels[rows]] -= 1
-                    grad_logits += ce_weight * ce_grad
+                    kd_grad = log_student.exp_().sub_(target).mul_(kd_weight * tau)
+                    grad_logits = kd_grad if grad_logits is None else grad_logits.add_(kd_grad)
             return loss, grad_logits
 
         with torch.no_grad():
