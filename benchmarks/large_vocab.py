@@ -9,7 +9,9 @@ size Ht and vocabulary V (fp32).
 * Peak memory: a fresh subprocess per (V, mode). On a GPU, ``torch.cuda.max_memory_allocated`` minus the
   memory allocated before the step. On CPU, the resident high-water mark: the child builds the inputs,
   resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs one step and reads ``VmHWM``, and
-  reports the growth over the RSS before the step.
+  reports the growth over the RSS before the step; the child runs with ``MALLOC_MMAP_THRESHOLD_=131072`` so
+  that freed tensors leave the resident set at once (with glibc's adaptive threshold, repeated measurements
+  of one mode varied by up to 20%).
 * Error: ``|loss(mode) - loss(full)| / loss(full)`` on the same inputs (sampled: mean over the repeats'
   draws).
 * Quality: a synthetic teacher with a Zipf-like output distribution (a fixed random LM head whose bias is
@@ -34,9 +36,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import HfArgumentParser
 
-from hf_ckd.losses import linear_kd_loss
+from hf_ckd.losses import draw_targets, linear_kd_loss, pad_samples
 
-MODES = ("full", "chunked", "sampled")
+MODES = ("full", "chunked", "sampled", "sampled_cached")
 
 
 @dataclass
@@ -96,17 +98,48 @@ def make_inputs(args: BenchmarkArguments, vocab: int) -> dict[str, torch.Tensor]
     return inputs
 
 
-def kd_step(args: BenchmarkArguments, inputs: dict[str, torch.Tensor], mode: str, seed: int = 0) -> float:
-    """One forward + backward; returns the loss."""
+def cached_draws(args: BenchmarkArguments, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The teacher's draws as a soft-target cache with ``storage="sampled"`` holds them (half the sample
+    budget; computed once, outside the timed step, like the cache)."""
     vocab = inputs["student_head_weight"].shape[0]
-    extra = {}
-    if mode == "sampled":
-        extra = {
-            "num_samples": max(1, int(args.sample_fraction * vocab)),
-            "generator": torch.Generator(device=args.device).manual_seed(seed),
-        }
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, args.positions, args.chunk_size):
+            logits = (
+                inputs["teacher_hidden"][start : start + args.chunk_size] @ inputs["teacher_head_weight"].T
+            )
+            log_target = torch.log_softmax((logits + inputs["teacher_head_bias"]) / args.temperature, dim=-1)
+            parts.append(draw_targets(log_target, teacher_draws(args, vocab), generator))
+    ids, counts = pad_samples([p[0] for p in parts], [p[1] for p in parts], vocab)
+    return {"teacher_samples": (ids, counts), "teacher_entropy": torch.cat([p[2] for p in parts])}
+
+
+def num_samples(args: BenchmarkArguments, vocab: int) -> int:
+    return max(2, int(args.sample_fraction * vocab))
+
+
+def teacher_draws(args: BenchmarkArguments, vocab: int) -> int:
+    """sampled_cached: teacher draws stored per position; the rest of the budget is uniform ids."""
+    return num_samples(args, vocab) // 2
+
+
+def kd_step(
+    args: BenchmarkArguments, inputs: dict[str, torch.Tensor], mode: str, seed: int = 0, draws=None
+) -> float:
+    """One forward + backward; returns the loss. ``draws``: :func:`cached_draws` for ``sampled_cached``."""
+    vocab = inputs["student_head_weight"].shape[0]
+    extra: dict = {}
+    if mode.startswith("sampled"):
+        extra["generator"] = torch.Generator(device=args.device).manual_seed(seed)
+        extra["num_samples"] = num_samples(args, vocab)
+    if mode == "sampled_cached":
+        teacher = ("teacher_hidden", "teacher_head_weight", "teacher_head_bias")
+        inputs = {k: v for k, v in inputs.items() if k not in teacher}
+        inputs.update(teacher_hidden=None, teacher_head_weight=None, **draws)
+        extra["num_samples"] -= teacher_draws(args, vocab)  # uniform ids for the tail
     loss = linear_kd_loss(
-        **inputs, temperature=args.temperature, mode=mode, chunk_size=args.chunk_size, **extra
+        **inputs, temperature=args.temperature, mode=mode.split("_")[0], chunk_size=args.chunk_size, **extra
     )
     loss.backward()
     for key in ("student_hidden", "student_head_weight"):
@@ -121,17 +154,18 @@ def synchronize(device: str) -> None:
 
 def time_modes(args: BenchmarkArguments, vocab: int) -> dict[str, dict[str, float]]:
     inputs = make_inputs(args, vocab)
+    draws = cached_draws(args, inputs)
     for mode in MODES:
         for _ in range(args.warmup):
-            kd_step(args, inputs, mode)
+            kd_step(args, inputs, mode, draws=draws)
     times: dict[str, list[float]] = {m: [] for m in MODES}
     losses: dict[str, list[float]] = {m: [] for m in MODES}
     for r in range(args.repeats):
-        order = MODES[r % 3 :] + MODES[: r % 3]
+        order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
         for mode in order:
             synchronize(args.device)
             start = time.perf_counter()
-            losses[mode].append(kd_step(args, inputs, mode, seed=r))
+            losses[mode].append(kd_step(args, inputs, mode, seed=r, draws=draws))
             synchronize(args.device)
             times[mode].append(time.perf_counter() - start)
     reference = statistics.mean(losses["full"])
@@ -159,17 +193,18 @@ def _peak_rss_bytes() -> int:
 def measure_memory_here(args: BenchmarkArguments, vocab: int, mode: str) -> int:
     """Peak memory growth of one step, in bytes (run in a fresh process)."""
     inputs = make_inputs(args, vocab)
+    draws = cached_draws(args, inputs) if mode == "sampled_cached" else None
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        kd_step(args, inputs, mode)
+        kd_step(args, inputs, mode, draws=draws)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     before = _rss_bytes()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
-    kd_step(args, inputs, mode)
+    kd_step(args, inputs, mode, draws=draws)
     return _peak_rss_bytes() - before
 
 
@@ -178,7 +213,10 @@ def measure_memory(args: BenchmarkArguments, vocab: int, mode: str) -> int:
     for key, value in asdict(args).items():
         if key not in ("measure_memory", "json", "quick") and value is not None:
             argv += [f"--{key}", str(value)]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    # A fixed mmap threshold: every tensor allocation above 128 KiB is mapped and unmapped with the tensor, so
+    # the resident high-water mark follows live tensors rather than what glibc's heap happened to keep.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip().splitlines()[-1])
 
 

@@ -14,6 +14,7 @@ Both terms are averaged over the kept positions: every row for classification, e
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -329,10 +330,8 @@ class _ChunkedLinearKD(torch.autograd.Function):
                 log_target = teachers.log_target(rows)
                 log_student = _log_softmax_(logits.div_(tau))  # logits is not needed again
                 target = log_target.exp()
-                # KL = sum P (log P - log q), as two dot products: no [n, V] temporary.
-                kl = torch.dot(target.view(-1), log_target.view(-1)) - torch.dot(
-                    target.view(-1), log_student.view(-1)
-                )
+                # KL = sum P (log P - log q); the difference is formed in log P's buffer (no temporary).
+                kl = torch.dot(target.view(-1), log_target.sub_(log_student).view(-1))
                 del log_target
                 kd_sum = kd_sum + kl
                 loss = loss + kd_weight * tau**2 * kl
@@ -403,8 +402,8 @@ def _check_linear_inputs(
 def linear_distillation_loss(
     student_hidden: torch.Tensor,
     student_head_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor | Sequence[torch.Tensor],
-    teacher_head_weight: torch.Tensor | Sequence[torch.Tensor],
+    teacher_hidden: torch.Tensor | Sequence[torch.Tensor] | None,
+    teacher_head_weight: torch.Tensor | Sequence[torch.Tensor] | None,
     labels: torch.Tensor,
     *,
     temperature: float = 1.0,
@@ -421,6 +420,8 @@ def linear_distillation_loss(
     proposal_teacher_mass: float = 0.5,
     ignore_index: int = -100,
     num_items_in_batch: int | torch.Tensor | None = None,
+    teacher_samples: tuple[torch.Tensor, torch.Tensor] | None = None,
+    teacher_entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``alpha * CE + (1 - alpha) * tau^2 * KL(P_T^tau || p_S^tau)`` from hidden states and LM heads.
 
@@ -431,12 +432,15 @@ def linear_distillation_loss(
     * ``"chunked"`` is exact: positions in chunks of ``chunk_size``, a custom ``autograd.Function`` that
       computes each chunk's logits, loss and gradients in one pass, so memory is ``O(chunk_size * V)``, not
       ``O(N * V)``;
-    * ``"sampled"`` estimates it from ``num_samples`` vocabulary ids per position: a share
-      ``proposal_teacher_mass`` of them drawn from P_T^tau (their mean student logit is the unbiased cross
-      term), the rest uniform ids shared by the batch; the student's log-normaliser is importance-sampled
-      over all of them from the per-position mixture they come from, or computed exactly in chunks with
-      ``sampled_normalizer="exact"`` (then all ``num_samples`` are teacher draws). The teacher's target is
-      computed in chunks without gradient; only the student's rows for the sampled ids get gradients.
+    * ``"sampled"`` estimates it from about ``num_samples`` vocabulary ids per position: a share
+      ``proposal_teacher_mass`` of them drawn from P_T^tau (the distinct ids with their counts give the
+      unbiased cross term), the rest uniform ids shared by the batch. The student's log-normaliser sums the
+      drawn ids exactly and estimates the remaining tail from the uniform ids (importance sampling, unbiased
+      for the normaliser); ``sampled_normalizer="exact"`` computes it exactly in chunks instead (then all
+      ``num_samples`` are teacher draws). The draws come from the teachers' heads (a pass over the vocabulary
+      in chunks, without gradient) or, precomputed, from ``teacher_samples`` (e.g. a soft-target cache with
+      ``storage="sampled"``): then no teacher is needed and ``num_samples`` is the number of uniform ids.
+      Only the student's rows at the sampled ids get gradients.
 
     Args:
         student_hidden: ``[..., Hs]``, flattened to ``[N, Hs]`` (positions already aligned with ``labels``:
@@ -449,6 +453,11 @@ def linear_distillation_loss(
         temperature: tau > 0.
         alpha: weight of the hard-label cross-entropy (``0``: the KD term alone).
         num_items_in_batch: divide the sums by this instead of by the kept positions of this batch.
+        teacher_samples: ``mode="sampled"`` only: ``(ids, counts)``, each ``[..., D]`` (positions as ``labels``),
+            the distinct ids drawn from P_T^tau at each position and how often each was drawn (count 0 pads).
+            Replaces ``teacher_hidden``/``teacher_head_weight`` (pass ``None``).
+        teacher_entropy: ``[...]`` the entropy of P_T^tau per position (nats), with ``teacher_samples``: it makes
+            the reported value the KL; without it the value is the cross-entropy (same gradients).
 
     Returns:
         ``(loss, parts)`` as :func:`ensemble_kd_loss`: ``parts = {"ce", "kd", "num_items"}`` (detached).
@@ -458,11 +467,20 @@ def linear_distillation_loss(
         raise ValueError(f"mode must be one of {KD_LOSS_MODES}, got {mode!r}.")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}.")
+    if teacher_samples is not None:
+        if mode != "sampled":
+            raise ValueError(f"teacher_samples are for mode='sampled', got mode={mode!r}.")
+        if teacher_hidden is not None or teacher_head_weight is not None:
+            raise ValueError("Give teacher_samples or the teachers' hidden states and heads, not both.")
+        teacher_hidden, teacher_head_weight = [], []
     teacher_hidden, teacher_weight = _as_list(teacher_hidden), _as_list(teacher_head_weight)
     teacher_bias = (
         _as_list(teacher_head_bias) if teacher_head_bias is not None else [None] * len(teacher_hidden)
     )
-    if not (len(teacher_hidden) == len(teacher_weight) == len(teacher_bias)) or not teacher_hidden:
+    no_teachers_needed = teacher_samples is not None or alpha >= 1
+    if not (len(teacher_hidden) == len(teacher_weight) == len(teacher_bias)) or (
+        not teacher_hidden and not no_teachers_needed
+    ):
         raise ValueError(
             f"Got {len(teacher_hidden)} teacher hidden states, {len(teacher_weight)} head weights and "
             f"{len(teacher_bias)} biases; give one of each per teacher."
@@ -490,10 +508,25 @@ def linear_distillation_loss(
             )
         if not 0.0 < proposal_teacher_mass <= 1.0:
             raise ValueError(f"proposal_teacher_mass must lie in (0, 1], got {proposal_teacher_mass!r}.")
-    keep = mask.nonzero().squeeze(-1)
+    keep = (
+        mask.nonzero().squeeze(-1) if not bool(mask.all()) else slice(None)
+    )  # (no copies when all are kept)
     hidden = hidden[keep]
     teacher_hidden = [h[keep] for h in teacher_hidden]
     kept_labels = flat_labels[keep]
+    samples = entropy = None
+    if teacher_samples is not None:
+        ids, counts = teacher_samples
+        if ids.shape != counts.shape or ids.shape[:-1] != labels.shape:
+            raise ValueError(
+                f"teacher_samples (ids {tuple(ids.shape)}, counts {tuple(counts.shape)}) must both have shape "
+                f"labels.shape + (D,) = {tuple(labels.shape)} + (D,)."
+            )
+        if bool((ids[counts > 0] >= vocab).any()) or bool((ids[counts > 0] < 0).any()):
+            raise ValueError(f"teacher_samples holds ids outside the vocabulary [0, {vocab}).")
+        samples = (ids.reshape(-1, ids.shape[-1])[keep], counts.reshape(-1, ids.shape[-1])[keep])
+        if teacher_entropy is not None:
+            entropy = teacher_entropy.reshape(-1)[keep]
     teachers = _TeacherHeads(teacher_hidden, teacher_weight, teacher_bias, temperature, weights, average)
     with_kd, with_ce = alpha < 1, alpha > 0
 
@@ -519,7 +552,7 @@ def linear_distillation_loss(
     else:
         kd_sum, ce_sum = _sampled_linear_kd(
             hidden, student_head_weight, student_head_bias, kept_labels, teachers, temperature, chunk_size,
-            num_samples, generator, sampled_normalizer, proposal_teacher_mass, with_kd, with_ce,
+            num_samples, generator, sampled_normalizer, proposal_teacher_mass, with_kd, with_ce, samples, entropy,
         )  # fmt: skip
         loss_sum = alpha * ce_sum + (1 - alpha) * kd_sum
 
@@ -573,65 +606,217 @@ def linear_kd_loss(
     return loss
 
 
+def _sparse_pattern(ids: torch.Tensor, vocab: int, values: torch.Tensor | None = None) -> torch.Tensor:
+    """``[n, V]`` CSR matrix with row i's entries at ``ids[i]`` (sorted or not; repeats allowed)."""
+    n, k = ids.shape
+    crow = torch.arange(0, n * k + 1, k, device=ids.device, dtype=torch.long)
+    if values is None:
+        values = torch.zeros(n * k, dtype=torch.float32, device=ids.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, ids.reshape(-1), values.reshape(-1), (n, vocab))
+
+
+def _scatter_matmul(
+    ids: torch.Tensor, values: torch.Tensor, hidden: torch.Tensor, vocab: int
+) -> torch.Tensor:
+    """``G.T @ hidden``, ``[V, H]``, for the sparse ``G[i, ids[i, k]] = values[i, k]`` (repeats add up).
+
+    ``G.T`` is built as CSR over vocabulary rows and multiplied in blocks of rows written into the result:
+    the one-shot sparse product allocates a second ``[V, H]`` buffer.
+    """
+    n, k = ids.shape
+    flat = ids.reshape(-1)  # padding ids (vocab) sort last, after crow[vocab]: they are left out
+    order = flat.argsort(stable=True)
+    crow = torch.zeros(vocab + 1, dtype=torch.long, device=ids.device)
+    crow[1:] = torch.bincount(flat, minlength=vocab + 1)[:vocab].cumsum(0)
+    vals = values.reshape(-1).to(hidden.dtype)[order]
+    cols = order.div_(k, rounding_mode="floor")  # flat index // k = the position (row of G)
+    out = torch.empty(vocab, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
+    block = max(1, (1 << 22) // hidden.shape[1])  # vocabulary rows per product (16 MB of float32 output)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for v0 in range(0, vocab, block):
+            v1 = min(vocab, v0 + block)
+            a, b = int(crow[v0]), int(crow[v1])
+            rows = torch.sparse_csr_tensor(crow[v0 : v1 + 1] - a, cols[a:b], vals[a:b], (v1 - v0, n))
+            out[v0:v1] = rows @ hidden
+    return out
+
+
 class _GatheredLogits(torch.autograd.Function):
-    """``z[i, k] = hidden[i] . weight[ids[i, k]] + bias[ids[i, k]]``, ``[n, K]`` float32, for per-position id
-    lists, in chunks of positions; backward adds into one dense weight gradient (``index_add_``)."""
+    """``z[i, k] = hidden[i] . weight[ids[i, k]] + bias[ids[i, k]]`` for per-position id lists ``ids`` (``[n, K]``;
+    ids ``>= V`` are padding, computed as ``V - 1`` and given no gradient by the caller), followed by the same for ids ``shared`` by every position (``[S]``): ``[n, K + S]`` float32.
+
+    One function for both so that the weight gets one dense gradient buffer (autograd would otherwise add up
+    one ``[V, H]`` gradient per use of the weight). On CPU in float32/float64 the per-position products are
+    sparse kernels over the ``[n, V]`` pattern of ``ids`` (``torch.sparse.sampled_addmm`` forward, CSR @ dense
+    backward), which never copy the K selected weight rows per position: about 3x faster than gathering them
+    at K ~ 1,000. Elsewhere (GPUs, half precision) the rows are gathered in chunks of positions and the weight
+    gradient is added with ``index_add_``. The shared ids are one dense matmul.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ids):
-        chunk = max(1, (1 << 24) // max(1, ids.shape[1] * weight.shape[1]))  # about 64 MB of gathered rows
-        out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
+    def forward(ctx, hidden, weight, bias, ids, shared):
+        sparse = hidden.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64)
+        sparse = sparse and hidden.dtype == weight.dtype and ids.numel() > 0
+        chunk = max(1, (1 << 22) // max(1, ids.shape[1] * weight.shape[1]))  # about 16 MB of gathered rows
         with torch.no_grad():
-            for start in range(0, ids.shape[0], chunk):
-                rows = slice(start, start + chunk)
-                rows_w = weight[ids[rows]]  # [c, K, H]
-                z = (rows_w @ hidden[rows].unsqueeze(-1)).squeeze(-1)
-                out[rows] = _upcast(z + bias[ids[rows]] if bias is not None else z)
-        ctx.save_for_backward(hidden, weight, bias, ids)
-        ctx.chunk = chunk
+            if sparse:
+                pattern = _sparse_pattern(ids.clamp(max=weight.shape[0] - 1), weight.shape[0]).to(
+                    weight.dtype
+                )
+                out = torch.sparse.sampled_addmm(pattern, hidden, weight.T, beta=0.0).values().view(ids.shape)
+                out = _upcast(out).float() if out.dtype != torch.float64 else out
+                if bias is not None:
+                    out = out + _upcast(bias[ids.clamp(max=weight.shape[0] - 1)])
+            else:
+                ids = ids.clamp(max=weight.shape[0] - 1)
+                out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
+                for start in range(0, ids.shape[0], chunk):
+                    rows = slice(start, start + chunk)
+                    rows_w = weight[ids[rows]]  # [c, K, H]
+                    z = (rows_w @ hidden[rows].unsqueeze(-1)).squeeze(-1)
+                    out[rows] = _upcast(z + bias[ids[rows]] if bias is not None else z)
+            if shared.numel():
+                shared_logits = _linear_logits(
+                    hidden, weight[shared], bias[shared] if bias is not None else None
+                )
+                out = torch.cat([out, shared_logits.to(out.dtype)], dim=1)
+        ctx.save_for_backward(hidden, weight, bias, ids, shared)
+        ctx.chunk, ctx.sparse = chunk, sparse
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, bias, ids = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        grad_bias = (
-            torch.zeros_like(bias, dtype=torch.float32)
-            if bias is not None and ctx.needs_input_grad[2]
-            else None
-        )
-        for start in range(0, ids.shape[0], ctx.chunk):
-            rows = slice(start, start + ctx.chunk)
-            g = grad_out[rows]  # [c, K]
-            flat_ids = ids[rows].reshape(-1)
-            if grad_hidden is not None:
-                grad_hidden[rows] = (
-                    (g.unsqueeze(1).to(weight.dtype) @ weight[ids[rows]]).squeeze(1).to(hidden.dtype)
+        hidden, weight, bias, ids, shared = ctx.saved_tensors
+        if not ctx.sparse or bias is not None:
+            ids = ids.clamp(max=weight.shape[0] - 1)
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_bias = bias is not None and ctx.needs_input_grad[2]
+        grad_ids, grad_shared = grad_out[:, : ids.shape[1]], grad_out[:, ids.shape[1] :]
+        grad_hidden = grad_weight = grad_bias = None
+        if need_bias:
+            grad_bias = torch.zeros_like(bias, dtype=torch.float32)
+            grad_bias.index_add_(0, ids.reshape(-1), grad_ids.reshape(-1).float())
+            grad_bias.index_add_(0, shared, grad_shared.sum(0).float())
+        if ctx.sparse:
+            if need_hidden:
+                grads = _sparse_pattern(
+                    ids.clamp(max=weight.shape[0] - 1),
+                    weight.shape[0],
+                    grad_ids.to(weight.dtype).contiguous(),
                 )
+                grad_hidden = grads @ weight
+                del grads  # before the [V, H] weight gradient: it is the peak
+            grad_weight = _scatter_matmul(ids, grad_ids, hidden, weight.shape[0]) if need_weight else None
+        else:
+            grad_hidden = torch.empty_like(hidden) if need_hidden else None
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+            for start in range(0, ids.shape[0], ctx.chunk):
+                rows = slice(start, start + ctx.chunk)
+                g = grad_ids[rows]  # [c, K]
+                if grad_hidden is not None:
+                    grad_hidden[rows] = (
+                        (g.unsqueeze(1).to(weight.dtype) @ weight[ids[rows]]).squeeze(1).to(hidden.dtype)
+                    )
+                if grad_weight is not None:
+                    outer = g.unsqueeze(-1) * _upcast(hidden[rows]).unsqueeze(1)  # [c, K, H]
+                    grad_weight.index_add_(0, ids[rows].reshape(-1), outer.reshape(-1, outer.shape[-1]))
+        if shared.numel():
+            shared_weight = weight[shared]  # [S, H]
+            if grad_hidden is not None:
+                grad_hidden += grad_shared.to(weight.dtype) @ shared_weight
             if grad_weight is not None:
-                outer = g.unsqueeze(-1) * _upcast(hidden[rows]).unsqueeze(1)  # [c, K, H]
-                grad_weight.index_add_(0, flat_ids, outer.reshape(-1, outer.shape[-1]))
-            if grad_bias is not None:
-                grad_bias.index_add_(0, flat_ids, g.reshape(-1))
+                grad_weight.index_add_(0, shared, grad_shared.T.to(grad_weight.dtype) @ _upcast(hidden))
         return (
-            grad_hidden,
+            grad_hidden.to(hidden.dtype) if grad_hidden is not None else None,
             grad_weight.to(weight.dtype) if grad_weight is not None else None,
             grad_bias.to(bias.dtype) if grad_bias is not None else None,
+            None,
             None,
         )
 
 
+def _distinct_draws(draws: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[n, K]`` drawn ids to ``(ids, counts)``, both ``[n, D]``: each row's distinct ids in ascending order
+    with their counts, padded with id ``vocab`` and count 0 (D = the most distinct ids of any row)."""
+    sorted_ids = draws.sort(dim=1).values
+    new = torch.ones_like(sorted_ids, dtype=torch.bool)
+    new[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    group = new.long().cumsum(1) - 1
+    width = int(group[:, -1].max()) + 1 if draws.numel() else 0
+    ids = torch.full((draws.shape[0], width), vocab, dtype=torch.long, device=draws.device)
+    ids.scatter_(1, group, sorted_ids)
+    counts = torch.zeros(draws.shape[0], width, dtype=torch.float32, device=draws.device)
+    counts.scatter_add_(1, group, torch.ones_like(sorted_ids, dtype=torch.float32))
+    return ids, counts
+
+
+@torch.no_grad()
+def draw_targets(
+    log_target: torch.Tensor, num_draws: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw ``num_draws`` ids per row from the distributions ``exp(log_target)`` (``[n, V]``), with replacement.
+
+    Returns ``(ids, counts, entropy)``: the distinct ids of each row in ascending order and how often each was
+    drawn (``[n, D]``, padded with id ``V`` and count 0), and each row's entropy in nats (``[n]``, exact).
+    ``counts / num_draws`` is an unbiased estimate of the distribution; what ``teacher_samples`` of
+    :func:`linear_distillation_loss` and a soft-target cache with ``storage="sampled"`` hold.
+    """
+    probs = log_target.exp()
+    entropy = _row_dots(probs, log_target).neg_()
+    draws = torch.multinomial(probs, num_draws, replacement=True, generator=generator)
+    ids, counts = _distinct_draws(draws, log_target.shape[-1])
+    return ids, counts, entropy
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for ``[n, V]`` rows without an ``[n, V]`` temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def pad_samples(
+    ids: Sequence[torch.Tensor], counts: Sequence[torch.Tensor], vocab: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[n_j, D_j]`` id/count blocks along rows, padded to the widest with id ``vocab`` and count 0."""
+    width = max((i.shape[1] for i in ids), default=0)
+    ids = [F.pad(i, (0, width - i.shape[1]), value=vocab) for i in ids]
+    counts = [F.pad(c, (0, width - c.shape[1]), value=0.0) for c in counts]
+    return torch.cat(ids), torch.cat(counts)
+
+
+def _sorted_samples(ids: torch.Tensor, counts: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Given ``(ids, counts)`` (any order; count 0 = padding) as :func:`_distinct_draws` returns them."""
+    counts = counts.to(torch.float32)
+    ids = ids.long()
+    canonical = bool(((counts <= 0) == (ids >= vocab)).all()) and bool((ids[:, 1:] >= ids[:, :-1]).all())
+    if not canonical:  # as draw_targets returns them (and a sampled cache stores them): nothing to copy
+        ids = ids.masked_fill(counts <= 0, vocab)
+        ids, order = ids.sort(dim=1)
+        counts = counts.gather(1, order)
+    if bool(((ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] < vocab)).any()):
+        raise ValueError(
+            "teacher_samples lists an id twice at one position; give distinct ids with their counts."
+        )
+    return ids, counts
+
+
 def _sampled_linear_kd(
     hidden, weight, bias, labels, teachers, temperature, chunk_size, num_samples, generator, normalizer,
-    teacher_mass, with_kd, with_ce,
+    teacher_mass, with_kd, with_ce, samples=None, entropy=None,
 ):  # fmt: skip
     """Sampled estimate of the KD and CE sums (see :func:`linear_distillation_loss`).
 
-    Per position i: K1 draws ``t_ik ~ P_T,i`` (the cross term, unbiased) and K2 uniform ids ``u_j`` shared by
-    the batch. With the importance normaliser, all K = K1 + K2 ids are samples of the per-position mixture
-    ``q_i = (K1/K) P_T,i + (K2/K) U`` (stratified, the balance heuristic), so
-    ``Z_hat_i = (1/K) sum_s exp(z_i(s) / tau) / q_i(s)`` is unbiased for ``Z_i``.
+    Per position i: the distinct ids ``D_i`` among K1 draws of ``P_T,i`` with their counts ``c_iv`` (drawn here
+    from the teachers' heads, or given as ``samples``), and K2 uniform ids ``u_j`` shared by the batch.
+
+    * Cross term: ``sum_{v in D_i} (c_iv / K1) z_iv / tau``, unbiased for ``E_{P_T,i}[z_i] / tau``.
+    * Log-normaliser (``"importance"``): ``Z_i`` split into the drawn ids, summed exactly, and the rest,
+      estimated from the uniform ids that are not in ``D_i``:
+      ``Z_hat_i = sum_{v in D_i} e^{z_iv/tau} + (V / K2) sum_j e^{z_iu_j/tau} [u_j not in D_i]``, unbiased for
+      ``Z_i`` given ``D_i``; the tail it samples is where neither the teacher nor (once it has learnt) the
+      student puts much mass, so its variance falls as training goes on.
     """
     n, vocab = hidden.shape[0], weight.shape[0]
     device = hidden.device
@@ -639,45 +824,62 @@ def _sampled_linear_kd(
     if n == 0:
         return zero, zero
     use_importance = normalizer == "importance"
-    k_teacher = num_samples if not use_importance else max(1, round(teacher_mass * num_samples))
-    k_uniform = num_samples - k_teacher if use_importance else 0
-    if use_importance and k_uniform == 0 and num_samples > 1:
-        k_teacher, k_uniform = num_samples - 1, 1
+    if samples is None:
+        k_teacher = num_samples if not use_importance else max(1, round(teacher_mass * num_samples))
+        k_uniform = num_samples - k_teacher if use_importance else 0
+        if use_importance and k_uniform == 0 and num_samples > 1:
+            k_teacher, k_uniform = num_samples - 1, 1
+    else:
+        k_teacher = None
+        k_uniform = num_samples if use_importance else 0
     uniform = torch.randint(0, vocab, (k_uniform,), generator=generator, device=device)
-    mix_teacher, mix_uniform = k_teacher / (k_teacher + k_uniform), k_uniform / (k_teacher + k_uniform)
-    # 1. Teacher pass in chunks, no gradient: exact entropy, draws of P_T,i, and q_i at every sampled id.
+    # 1. Teacher targets: draws of P_T,i from the heads in chunks without gradient (exact entropy), or given.
     entropy_sum = zero.clone()
-    draws = torch.zeros(n, k_teacher, dtype=torch.long, device=device)
-    log_q = torch.zeros(n, k_teacher + k_uniform, dtype=torch.float32, device=device)
-    if with_kd or use_importance:
+    if samples is None:
+        parts = []
         for start in range(0, n, chunk_size):
-            rows = slice(start, start + chunk_size)
-            log_target = teachers.log_target(rows)
-            probs = log_target.exp()
-            chunk_entropy = -(probs * log_target).sum()
-            teachers.check_finite(chunk_entropy)
-            entropy_sum += chunk_entropy
-            draws[rows] = torch.multinomial(probs, k_teacher, replacement=True, generator=generator)
-            sampled = torch.cat([probs.gather(1, draws[rows]), probs[:, uniform]], dim=1)
-            log_q[rows] = (mix_teacher * sampled + mix_uniform / vocab).log()
-    # 2. Student logits at the sampled ids only: [n, K1] per position, [n, K2] shared.
-    draw_logits = _GatheredLogits.apply(hidden, weight, bias, draws)
-    uniform_logits = _linear_logits(hidden, weight[uniform], bias[uniform] if bias is not None else None)
-    sample_logits = torch.cat([draw_logits, uniform_logits], dim=1)
+            log_target = teachers.log_target(slice(start, start + chunk_size))
+            parts.append(draw_targets(log_target, k_teacher, generator=generator))
+            teachers.check_finite(parts[-1][2].sum())
+            del log_target
+        ids, counts = pad_samples([p[0] for p in parts], [p[1] for p in parts], vocab)
+        if with_kd:
+            entropy_sum = torch.cat([p[2] for p in parts]).sum()
+    else:
+        ids, counts = _sorted_samples(*samples, vocab)
+        if entropy is not None:
+            entropy_sum = entropy.to(torch.float32).sum()
+    drawn = counts > 0
+    share = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    # 2. Student logits at the drawn ids ([n, D], per position) and at the uniform ids ([n, K2], shared).
+    per_position = ids  # padding ids (vocab) are clamped inside; their logits are masked below
+    if with_ce:  # the label's logit comes with the same call (one weight gradient buffer)
+        per_position = torch.cat([per_position, labels[:, None]], dim=1)
+    shared = uniform if use_importance else uniform[:0]
+    logits = _GatheredLogits.apply(hidden, weight, bias, per_position, shared)
+    width = ids.shape[1]
+    draw_logits, uniform_logits = logits[:, :width], logits[:, per_position.shape[1] :]
+    if use_importance:
+        found = ids.gather(
+            1, torch.searchsorted(ids, uniform.expand(n, -1).contiguous()).clamp(max=ids.shape[1] - 1)
+        )
+        in_tail = found != uniform  # u_j not among position i's drawn ids
+        tail_log_scale = math.log(vocab / k_uniform)
 
     def log_normalizer_sum(scale: float) -> torch.Tensor:
-        """sum_i log sum_v exp(z_iv / scale): importance-sampled from q_i, or exact in chunks."""
-        if use_importance:
-            log_weights = sample_logits / scale - log_q
-            return (torch.logsumexp(log_weights, dim=-1) - math.log(k_teacher + k_uniform)).sum()
-        return _ChunkedLogSumExp.apply(hidden, weight, bias, scale, chunk_size)
+        """sum_i log Z_i at temperature ``scale``: head exact + importance-sampled tail, or exact in chunks."""
+        if not use_importance:
+            return _ChunkedLogSumExp.apply(hidden, weight, bias, scale, chunk_size)
+        head = torch.where(drawn, draw_logits / scale, -math.inf)
+        tail = torch.where(in_tail, uniform_logits / scale + tail_log_scale, -math.inf)
+        return torch.logsumexp(torch.cat([head, tail], dim=1), dim=-1).sum()
 
     kd_sum = ce_sum = zero
     if with_kd:
-        cross = draw_logits.mean(dim=1) / temperature  # estimates sum_v P_T(v) z_v / tau
-        kd_sum = temperature**2 * (log_normalizer_sum(temperature) - cross.sum() - entropy_sum)
+        cross = (share * torch.where(drawn, draw_logits, 0.0)).sum() / temperature
+        kd_sum = temperature**2 * (log_normalizer_sum(temperature) - cross - entropy_sum)
     if with_ce:
-        label_logits = _GatheredLogits.apply(hidden, weight, bias, labels[:, None]).squeeze(1)
+        label_logits = logits[:, width]
         ce_sum = log_normalizer_sum(1.0) - label_logits.sum()
     return kd_sum, ce_sum
 
