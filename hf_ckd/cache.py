@@ -171,6 +171,20 @@ class ExampleTransform:
         )
 
 
+class SelectColumns:
+    """``example -> {column: example[column]}`` for already-tokenised text (no augmentation), with a stable
+    ``repr`` for the fingerprint: the transform of a token-level cache's ``ReplayViews``."""
+
+    def __init__(self, columns: Sequence[str] = ("input_ids", "attention_mask", "labels")):
+        self.columns = tuple(columns)
+
+    def __call__(self, example: dict) -> dict:
+        return {column: example[column] for column in self.columns if column in example}
+
+    def __repr__(self) -> str:
+        return f"SelectColumns({list(self.columns)!r})"
+
+
 class ReplayViewCallback(TrainerCallback):
     """Sets the replayed view of the training dataset to ``epoch mod views`` at the start of every epoch
     (resumed runs included: the epoch comes from the restored ``TrainerState``)."""
@@ -291,6 +305,29 @@ def _collate_rows(collate_fn: Callable[[list[dict]], dict]) -> Callable:
     return collate
 
 
+def _encode_tokens(
+    log_target: torch.Tensor, attention_mask: torch.Tensor | None, k: int, generator: torch.Generator
+) -> dict[str, list]:
+    """``[B, T, V]`` log-probabilities to per-example lists over the attended positions (in order): the
+    distinct ids of ``k`` draws at each position, their counts, and the position's exact entropy."""
+    from .losses import draw_targets
+
+    mask = (
+        attention_mask.bool()
+        if attention_mask is not None
+        else torch.ones(log_target.shape[:2], dtype=torch.bool)
+    )
+    columns: dict[str, list] = {"ids": [], "counts": [], "entropy": []}
+    for b in range(log_target.shape[0]):
+        positions = mask[b].to(log_target.device).nonzero().squeeze(-1)
+        ids, counts, entropy = draw_targets(log_target[b, positions].cpu(), k, generator)
+        counts = counts.int()
+        columns["ids"].append([i[c > 0].int().numpy() for i, c in zip(ids, counts)])
+        columns["counts"].append([c[c > 0].numpy() for c in counts])
+        columns["entropy"].append(entropy.numpy().astype(np.float32))
+    return columns
+
+
 def build_soft_target_cache(
     teachers: TeacherEnsemble,
     dataset,
@@ -367,6 +404,7 @@ def build_soft_target_cache(
         rows = range(rank, len(replay) * views, world)
         generator = torch.Generator().manual_seed(view_seed(seed, -1, rank))
         columns: dict[str, list] = {"row": []}
+        token_level = False
         np_dtype = np.float16 if dtype == "float16" else np.float32
         loader = torch.utils.data.DataLoader(
             _ViewRows(replay, rows),
@@ -382,15 +420,25 @@ def build_soft_target_cache(
                     k_: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                     for k_, v in batch.items()
                 }
-                probs = teachers.log_targets(batch, temperature).float().exp()
+                log_target = teachers.log_targets(batch, temperature).float()
                 if num_classes is None:
-                    num_classes = probs.shape[-1]
-                if probs.dim() != 2:
+                    num_classes = log_target.shape[-1]
+                if log_target.dim() == 3:  # a causal LM: one distribution per position
+                    if storage != "sampled":
+                        raise CacheError(
+                            f"The teachers' targets are token-level ({tuple(log_target.shape)}: batch, positions, "
+                            f"vocabulary); store them with storage='sampled' and k draws per position "
+                            f"('{storage}' would hold positions x vocabulary numbers per example)."
+                        )
+                    token_level = True
+                    encoded = _encode_tokens(log_target, batch.get("attention_mask"), k, generator)
+                elif log_target.dim() == 2:
+                    encoded = _encode(log_target.exp(), storage, k or 0, generator)
+                else:
                     raise CacheError(
-                        f"The teachers' targets have shape {tuple(probs.shape)}; the cache stores one distribution "
-                        "per example ([batch, num_classes])."
+                        f"The teachers' targets have shape {tuple(log_target.shape)}; the cache stores one "
+                        "distribution per example ([batch, num_classes]) or per position ([batch, seq, vocab])."
                     )
-                encoded = _encode(probs, storage, k or 0, generator)
                 columns["row"].extend(chunk)
                 for key, value in encoded.items():
                     columns.setdefault(key, []).extend(
@@ -416,6 +464,7 @@ def build_soft_target_cache(
                 "k": k,
                 "dtype": dtype,
                 "num_classes": num_classes,
+                "token_level": token_level,
                 "num_rows": len(table),
             }
             with open(os.path.join(tmp, CACHE_CONFIG_NAME), "w", encoding="utf-8") as f:
@@ -509,9 +558,58 @@ class SoftTargetCache:
                 + (f": {rebuild_hint}" if rebuild_hint else " (build_soft_target_cache with these settings).")
             )
 
+    @property
+    def token_level(self) -> bool:
+        """Targets per position of causal-LM examples (``storage="sampled"``), not one per example."""
+        return bool(self.config.get("token_level", False))
+
+    def token_samples(
+        self, index: torch.Tensor, view: torch.Tensor, attention_mask: torch.Tensor | None, seq_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stored teacher draws of a batch, aligned with its ``[B, T]`` positions (hidden state t, which
+        predicts token t + 1): ``(ids, counts, entropy)`` of shapes ``[B, T, D]``, ``[B, T, D]``, ``[B, T]``,
+        what ``linear_distillation_loss(teacher_samples=..., teacher_entropy=...)`` takes. Positions with
+        ``attention_mask == 0`` (padding) get no draws (id ``V``, count 0)."""
+        if not self.token_level:
+            raise CacheError(
+                f"Soft-target cache '{self.path}' holds one target per example, not per position."
+            )
+        rows = (index.long() * self.views + view.long()).tolist()
+        records = self.table.with_format(None)[rows]
+        batch = len(rows)
+        mask = (
+            attention_mask.bool().cpu()
+            if attention_mask is not None
+            else torch.ones(batch, seq_len, dtype=torch.bool)
+        )
+        width = max((len(i) for example in records["ids"] for i in example), default=1)
+        ids = torch.full((batch, seq_len, width), self.num_classes, dtype=torch.long)
+        counts = torch.zeros(batch, seq_len, width)
+        entropy = torch.zeros(batch, seq_len)
+        for b, (example_ids, example_counts, example_entropy) in enumerate(
+            zip(records["ids"], records["counts"], records["entropy"])
+        ):
+            positions = mask[b].nonzero().squeeze(-1).tolist()
+            if len(positions) != len(example_ids):
+                raise CacheError(
+                    f"Example {int(index[b])} has {len(positions)} attended positions in this batch but "
+                    f"{len(example_ids)} in soft-target cache '{self.path}': the tokenisation, truncation or "
+                    "padding changed since the build. Rebuild the cache with the run's data and collator."
+                )
+            for t, position_ids, position_counts in zip(positions, example_ids, example_counts):
+                ids[b, t, : len(position_ids)] = torch.as_tensor(position_ids, dtype=torch.long)
+                counts[b, t, : len(position_counts)] = torch.as_tensor(position_counts, dtype=torch.float32)
+            entropy[b, positions] = torch.as_tensor(example_entropy, dtype=torch.float32)
+        return ids, counts, entropy
+
     def log_targets(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
         """``[B, V]`` float32 log-probabilities of examples ``index`` under views ``view`` (``-inf`` where a
         stored distribution has no mass)."""
+        if self.token_level:
+            raise CacheError(
+                f"Soft-target cache '{self.path}' holds teacher draws per position (a causal LM); train with "
+                "kd_loss='sampled', which reads them without materialising the logits."
+            )
         rows = (index.long() * self.views + view.long()).tolist()
         records = self.table[rows]
         num_classes = self.num_classes

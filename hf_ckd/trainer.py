@@ -209,6 +209,11 @@ class CheckpointDistillTrainer(Trainer):
         self._linear_kd = args.kd_loss != "full" and self._shift_labels
         if self._linear_kd:
             self._check_linear_kd(self.accelerator.unwrap_model(self.model))
+        if self.soft_targets is not None and self.soft_targets.token_level and args.kd_loss != "sampled":
+            raise CacheError(
+                f"Soft-target cache '{args.soft_target_cache}' holds teacher draws per position (storage='sampled' "
+                f"over a causal LM's tokens); train with kd_loss='sampled' (got kd_loss={args.kd_loss!r})."
+            )
         self._kd_draws = (-1, 0)  # (global step, draws made at it): seeds kd_loss='sampled' reproducibly
         self._place_teachers()
 
@@ -411,14 +416,7 @@ class CheckpointDistillTrainer(Trainer):
             self._schedule_callback.sync(self.state)  # a no-op unless the schedule switches at this step
         log_target = None
         if needs_teachers and self.soft_targets is not None:
-            if "cache_index" not in inputs:
-                raise CacheError(
-                    "The batch has no cache_index/cache_view: train on the ReplayViews the cache was built with, "
-                    "and let the trainer wrap your data_collator (or use hf_ckd.cache.collate_with_cache_keys)."
-                )
-            log_target = self.soft_targets.log_targets(
-                inputs["cache_index"].cpu(), inputs["cache_view"].cpu()
-            )
+            log_target = self.soft_targets.log_targets(*self._cache_keys(inputs))
             log_target = log_target.to(student_logits.device)
         teacher_logits = (
             self.teachers.logits(inputs, step=self.state.global_step)
@@ -462,6 +460,15 @@ class CheckpointDistillTrainer(Trainer):
                 self._metrics["ce_sum"].append(parts["ce"] * denom)
         return loss
 
+    @staticmethod
+    def _cache_keys(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "cache_index" not in inputs:
+            raise CacheError(
+                "The batch has no cache_index/cache_view: train on the ReplayViews the cache was built with, "
+                "and let the trainer wrap your data_collator (or use hf_ckd.cache.collate_with_cache_keys)."
+            )
+        return inputs["cache_index"].cpu(), inputs["cache_view"].cpu()
+
     def _compute_linear_kd_loss(self, model, inputs, labels, pre_shifted, alpha, num_items_in_batch):
         """Token-level KD from the last hidden states and LM heads (``kd_loss`` chunked/sampled): neither the
         student nor the teachers materialise ``[tokens, vocabulary]`` logits (``logits_to_keep=1``)."""
@@ -470,7 +477,26 @@ class CheckpointDistillTrainer(Trainer):
         student_inputs = {k: v for k, v in inputs.items() if k not in NON_STUDENT_INPUTS}
         outputs = model(**student_inputs, output_hidden_states=True, logits_to_keep=1)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        teacher_hidden, teacher_heads, teacher_biases = self.teachers.hidden_states(inputs)
+        teacher_inputs: dict[str, Any] = {}
+        if self.soft_targets is not None:  # the teachers' draws per position, read from the cache
+            hidden = outputs.hidden_states[-1]
+            index, view = self._cache_keys(inputs)
+            ids, counts, entropy = self.soft_targets.token_samples(
+                index, view, inputs.get("attention_mask"), hidden.shape[1]
+            )
+            teacher_inputs = {
+                "teacher_hidden": None,
+                "teacher_head_weight": None,
+                "teacher_samples": (ids.to(hidden.device), counts.to(hidden.device)),
+                "teacher_entropy": entropy.to(hidden.device),
+            }
+        else:
+            teacher_hidden, teacher_heads, teacher_biases = self.teachers.hidden_states(inputs)
+            teacher_inputs = {
+                "teacher_hidden": teacher_hidden,
+                "teacher_head_weight": teacher_heads,
+                "teacher_head_bias": teacher_biases if any(b is not None for b in teacher_biases) else None,
+            }
         if not pre_shifted:
             labels = shift_for_causal_lm(labels)
         generator = None
@@ -485,9 +511,7 @@ class CheckpointDistillTrainer(Trainer):
         loss, parts = linear_distillation_loss(
             outputs.hidden_states[-1],
             head.weight,
-            teacher_hidden,
-            teacher_heads,
-            labels,
+            labels=labels,
             temperature=self.args.temperature,
             alpha=alpha,
             mode=self.args.kd_loss,
@@ -495,10 +519,10 @@ class CheckpointDistillTrainer(Trainer):
             num_samples=self.args.kd_num_samples,
             generator=generator,
             student_head_bias=getattr(head, "bias", None),
-            teacher_head_bias=teacher_biases if any(b is not None for b in teacher_biases) else None,
             weights=self.teachers.weights,
             average=self.teachers.average,
             num_items_in_batch=num_items_in_batch,
+            **teacher_inputs,
         )
         return self._scale_and_record(loss, parts, num_items_in_batch, True, True, True)
 

@@ -307,3 +307,67 @@ def test_trainer_refuses_a_cache_of_another_run(probs_cache, examples, timm_teac
                 model=tiny_timm(), args=args, train_dataset=dataset, data_collator=collate_images
             )
         assert not (tmp_path / "refused").exists()
+
+
+def test_token_level_sampled_cache(lm_teacher, lm_data, tmp_path, monkeypatch):
+    """A causal LM's targets are cached as k draws per position (ids, counts) and the exact entropy; the
+    student trains from them with kd_loss='sampled' without loading a teacher, and its KD loss falls."""
+    from conftest import tiny_gpt2, trainer_args
+    from transformers import default_data_collator
+
+    import hf_ckd.teachers
+    from hf_ckd import CheckpointDistillConfig, CheckpointDistillTrainer
+    from hf_ckd.cache import SelectColumns
+
+    train = lm_data[0].select(range(256))
+    teachers = TeacherEnsemble.from_trajectory(Trajectory.from_local(lm_teacher), "last")
+    with pytest.raises(CacheError, match="storage='sampled'"):
+        build_soft_target_cache(
+            teachers, train, str(tmp_path / "probs"), transform=SelectColumns(), collate_fn=default_data_collator,
+            temperature=1.0, progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "probs").exists()
+    k = 256
+    cache = build_soft_target_cache(
+        teachers, train, str(tmp_path / "tokens"), transform=SelectColumns(), collate_fn=default_data_collator,
+        temperature=1.0, storage="sampled", k=k, batch_size=64, progress=False,
+    )  # fmt: skip
+    assert cache.token_level
+    index = torch.tensor([0, 7, 200])
+    batch = default_data_collator([train[i] for i in index.tolist()])
+    ids, counts, entropy = cache.token_samples(
+        index, torch.zeros(3, dtype=torch.long), None, batch["input_ids"].shape[1]
+    )
+    log_p = teachers.log_targets(batch, 1.0)  # [3, T, V]
+    assert torch.allclose(entropy, -(log_p.exp() * log_p).sum(-1), atol=1e-5)  # exact, stored
+    assert torch.all(counts.sum(-1) == k)  # every position has its k draws
+    empirical = torch.zeros_like(log_p).scatter_add_(2, ids.clamp(max=log_p.shape[-1] - 1), counts) / k
+    tv = 0.5 * (empirical - log_p.exp()).abs().sum(-1)  # total variation per position
+    assert tv.mean() < 0.15, tv.mean()  # E[TV] ~ sqrt(V / k) / 2 at worst: 0.125 for V=16, k=256
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a teacher model was loaded")
+
+    monkeypatch.setattr(hf_ckd.teachers, "load_teacher", refuse)
+    monkeypatch.setattr(TeacherEnsemble, "from_trajectory", refuse)
+    config = dict(
+        teacher=lm_teacher, teacher_checkpoints="last", temperature=1.0, alpha=0.0, kd_loss="sampled",
+        kd_num_samples=4, soft_target_cache=cache.path, max_steps=60, save_strategy="no", logging_steps=10,
+        per_device_train_batch_size=32,
+    )  # fmt: skip
+    trainer = CheckpointDistillTrainer(
+        model=tiny_gpt2(hidden=16, layers=1, seed=1),
+        args=CheckpointDistillConfig(**trainer_args(tmp_path / "student", **config)),
+        train_dataset=ReplayViews(train, SelectColumns()),
+        data_collator=default_data_collator,
+    )
+    trainer.train()
+    kd = [e["loss_kd"] for e in trainer.state.log_history if "loss_kd" in e]
+    assert kd[-1] < 0.7 * kd[0], kd
+    with pytest.raises(CacheError, match="train with kd_loss='sampled'"):
+        CheckpointDistillTrainer(
+            model=tiny_gpt2(hidden=16, layers=1, seed=1),
+            args=CheckpointDistillConfig(**trainer_args(tmp_path / "c", **{**config, "kd_loss": "chunked"})),
+            train_dataset=ReplayViews(train, SelectColumns()),
+            data_collator=default_data_collator,
+        )
