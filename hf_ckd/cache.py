@@ -574,32 +574,46 @@ class SoftTargetCache:
             raise CacheError(
                 f"Soft-target cache '{self.path}' holds one target per example, not per position."
             )
+        import pyarrow.compute as pc
+
         rows = (index.long() * self.views + view.long()).tolist()
-        records = self.table.with_format(None)[rows]
+        records = self.table.with_format("arrow")[rows]
         batch = len(rows)
         mask = (
             attention_mask.bool().cpu()
             if attention_mask is not None
             else torch.ones(batch, seq_len, dtype=torch.bool)
         )
-        width = max((len(i) for example in records["ids"] for i in example), default=1)
+        # Nested Arrow lists (example -> position -> draws) read as flat arrays, without Python objects.
+        ids_column = records.column("ids").combine_chunks()
+        stored = pc.list_value_length(ids_column).to_numpy(zero_copy_only=False)
+        attended = mask.sum(1).numpy()
+        for b in np.flatnonzero(stored != attended):
+            raise CacheError(
+                f"Example {int(index[b])} has {attended[b]} attended positions in this batch but {stored[b]} in "
+                f"soft-target cache '{self.path}': the tokenisation, truncation or padding changed since the "
+                "build. Rebuild the cache with the run's data and collator."
+            )
+        per_position = ids_column.flatten()
+        lengths = torch.tensor(
+            pc.list_value_length(per_position).to_numpy(zero_copy_only=False), dtype=torch.long
+        )
+        flat_ids = torch.tensor(per_position.flatten().to_numpy(zero_copy_only=False), dtype=torch.long)
+        flat_counts = (
+            records.column("counts").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+        )
+        flat_entropy = records.column("entropy").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        b_index, t_index = mask.nonzero(as_tuple=True)  # row-major: the order the positions were stored in
+        width = max(int(lengths.max()) if len(lengths) else 1, 1)
         ids = torch.full((batch, seq_len, width), self.num_classes, dtype=torch.long)
         counts = torch.zeros(batch, seq_len, width)
+        starts = torch.cumsum(lengths, 0) - lengths
+        slot = torch.arange(len(flat_ids)) - starts.repeat_interleave(lengths)
+        b_draw, t_draw = b_index.repeat_interleave(lengths), t_index.repeat_interleave(lengths)
+        ids[b_draw, t_draw, slot] = flat_ids
+        counts[b_draw, t_draw, slot] = torch.tensor(flat_counts, dtype=torch.float32)
         entropy = torch.zeros(batch, seq_len)
-        for b, (example_ids, example_counts, example_entropy) in enumerate(
-            zip(records["ids"], records["counts"], records["entropy"])
-        ):
-            positions = mask[b].nonzero().squeeze(-1).tolist()
-            if len(positions) != len(example_ids):
-                raise CacheError(
-                    f"Example {int(index[b])} has {len(positions)} attended positions in this batch but "
-                    f"{len(example_ids)} in soft-target cache '{self.path}': the tokenisation, truncation or "
-                    "padding changed since the build. Rebuild the cache with the run's data and collator."
-                )
-            for t, position_ids, position_counts in zip(positions, example_ids, example_counts):
-                ids[b, t, : len(position_ids)] = torch.as_tensor(position_ids, dtype=torch.long)
-                counts[b, t, : len(position_counts)] = torch.as_tensor(position_counts, dtype=torch.float32)
-            entropy[b, positions] = torch.as_tensor(example_entropy, dtype=torch.float32)
+        entropy[b_index, t_index] = torch.tensor(flat_entropy, dtype=torch.float32)
         return ids, counts, entropy
 
     def log_targets(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:

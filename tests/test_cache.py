@@ -344,6 +344,10 @@ def test_token_level_sampled_cache(lm_teacher, lm_data, tmp_path, monkeypatch):
     empirical = torch.zeros_like(log_p).scatter_add_(2, ids.clamp(max=log_p.shape[-1] - 1), counts) / k
     tv = 0.5 * (empirical - log_p.exp()).abs().sum(-1)  # total variation per position
     assert tv.mean() < 0.15, tv.mean()  # E[TV] ~ sqrt(V / k) / 2 at worst: 0.125 for V=16, k=256
+    shorter = batch["attention_mask"].clone()
+    shorter[1, -1] = 0  # the data changed since the build: example 7 has one position fewer
+    with pytest.raises(CacheError, match="Example 7 has 11 attended positions in this batch but 12"):
+        cache.token_samples(index, torch.zeros(3, dtype=torch.long), shorter, shorter.shape[1])
 
     def refuse(*args, **kwargs):
         raise AssertionError("a teacher model was loaded")

@@ -146,6 +146,73 @@ def test_sampled_at_full_vocabulary_equals_full():
     assert all(abs(v - full) < max(3 * spread, 0.02 * full) for v in values), (values, full)
 
 
+def test_sampled_normaliser_is_unbiased_given_the_draws():
+    """Fixed teacher draws D_i: exp of the estimated log-normaliser, mean over uniform tail draws, is the exact
+    Z_i = sum_v exp(z_iv / tau) (head summed exactly, tail importance-sampled). Read back from the loss:
+    KD_i / tau^2 = log Z_hat_i - cross_i - H_i, with cross_i and H_i computed by hand."""
+    from hf_ckd.losses import draw_targets
+
+    tau, vocab = 2.0, 300
+    p = problem(n=1, vocab=vocab, ignored=())
+    with torch.no_grad():
+        teacher_logits = p["teacher_hidden"] @ p["teacher_head_weight"].T + p["teacher_head_bias"]
+        log_target = torch.log_softmax(teacher_logits / tau, -1)
+        z = (p["student_hidden"] @ p["student_head_weight"].T + p["student_head_bias"]) / tau
+    ids, counts, entropy = draw_targets(log_target, 20, torch.Generator().manual_seed(0))
+    cross = (counts / 20 * z.gather(1, ids.clamp(max=vocab - 1)) * (counts > 0)).sum()
+    student = {k: p[k] for k in ("student_hidden", "student_head_weight", "student_head_bias", "labels")}
+    z_hats = []
+    for seed in range(400):
+        loss = linear_kd_loss(
+            **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=(ids, counts),
+            teacher_entropy=entropy, temperature=tau, mode="sampled", num_samples=8,
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        z_hats.append(torch.exp(loss.detach() / tau**2 + cross + entropy.sum()))
+    z_hats = torch.stack(z_hats)
+    exact = torch.exp(z).sum()
+    stderr = z_hats.std() / math.sqrt(len(z_hats))
+    assert abs(z_hats.mean() - exact) < 4 * stderr, (z_hats.mean(), exact, stderr)
+    assert z_hats.std() > 0  # the tail was sampled, not summed
+
+
+def test_precomputed_teacher_samples_converge_to_full():
+    """teacher_samples from draw_targets (what a sampled cache stores) with many draws: the loss and the
+    student's gradients approach full KD; an explicit count layout in any order gives the same loss."""
+    from hf_ckd.losses import draw_targets
+
+    tau = 2.0
+    p = problem(n=20, vocab=120, ignored=(4,))
+    full = linear_kd_loss(**p, temperature=tau, mode="full")
+    with torch.no_grad():
+        logits = p["teacher_hidden"] @ p["teacher_head_weight"].T + p["teacher_head_bias"]
+        ids, counts, entropy = draw_targets(
+            torch.log_softmax(logits / tau, -1), 20000, torch.Generator().manual_seed(1)
+        )
+    student = {k: p[k] for k in ("student_hidden", "student_head_weight", "student_head_bias", "labels")}
+    kwargs = dict(
+        teacher_hidden=None, teacher_head_weight=None, temperature=tau, mode="sampled", num_samples=120,
+        teacher_entropy=entropy, sampled_normalizer="exact",
+    )  # fmt: skip
+    loss = linear_kd_loss(**student, teacher_samples=(ids, counts), **kwargs)
+    assert loss.item() == pytest.approx(full.item(), rel=0.02)
+    cosine = torch.nn.functional.cosine_similarity(
+        grads(loss, p)[1].flatten(), grads(full, p)[1].flatten(), dim=0
+    )
+    assert cosine > 0.99, cosine
+    order = torch.randperm(ids.shape[1], generator=torch.Generator().manual_seed(2))
+    shuffled = linear_kd_loss(**student, teacher_samples=(ids[:, order], counts[:, order]), **kwargs)
+    assert shuffled.item() == pytest.approx(loss.item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"teacher_samples .* must both have shape"):
+        linear_kd_loss(**student, teacher_samples=(ids[:5], counts[:5]), **kwargs)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        linear_kd_loss(**student, teacher_samples=(ids + 500, counts), **kwargs)
+    with pytest.raises(ValueError, match="not both"):
+        linear_kd_loss(**p, teacher_samples=(ids, counts), temperature=tau, mode="sampled", num_samples=4)
+    with pytest.raises(ValueError, match="teacher_samples are for mode='sampled'"):
+        linear_kd_loss(**student, **{**kwargs, "mode": "chunked"}, teacher_samples=(ids, counts))
+
+
 def test_sampled_touches_only_sampled_rows():
     """The student's head gets gradient only in the rows of drawn ids (plus labels for CE)."""
     p = problem(n=4, vocab=5000, ignored=(), bias=False)
