@@ -97,7 +97,9 @@ class CheckpointDistillConfig(TrainingArguments):
         kd_chunk_size (`int`, *optional*, defaults to `1024`):
             Positions per chunk for `kd_loss` `chunked` and `sampled`.
         kd_num_samples (`int` or `None`, *optional*, defaults to `None`):
-            Vocabulary ids drawn per position for `kd_loss=sampled` (e.g. 2 percent of the vocabulary).
+            Vocabulary ids sampled per position for `kd_loss=sampled` (e.g. 2 percent of the vocabulary): half
+            teacher draws, half uniform ids. With a token-level `soft_target_cache` the teacher draws come from
+            the cache and this is the number of uniform ids.
 
         > Parameters that control the teachers' cost
 
@@ -258,7 +260,9 @@ class CheckpointDistillConfig(TrainingArguments):
     kd_num_samples: int | None = field(
         default=None,
         metadata={
-            "help": "Vocabulary ids drawn per position for kd_loss=sampled (e.g. 2 percent of the vocabulary)."
+            "help": "Vocabulary ids sampled per position for kd_loss=sampled (e.g. 2 percent of the vocabulary): "
+            "half teacher draws, half uniform ids. With a token-level soft_target_cache the teacher draws come from "
+            "the cache and this is the number of uniform ids."
         },
     )
     teacher_fusion: str = field(
