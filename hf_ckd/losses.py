@@ -812,11 +812,13 @@ def _sampled_linear_kd(
     from the teachers' heads, or given as ``samples``), and K2 uniform ids ``u_j`` shared by the batch.
 
     * Cross term: ``sum_{v in D_i} (c_iv / K1) z_iv / tau``, unbiased for ``E_{P_T,i}[z_i] / tau``.
-    * Log-normaliser (``"importance"``): ``Z_i`` split into the drawn ids, summed exactly, and the rest,
-      estimated from the uniform ids that are not in ``D_i``:
-      ``Z_hat_i = sum_{v in D_i} e^{z_iv/tau} + (V / K2) sum_j e^{z_iu_j/tau} [u_j not in D_i]``, unbiased for
-      ``Z_i`` given ``D_i``; the tail it samples is where neither the teacher nor (once it has learnt) the
-      student puts much mass, so its variance falls as training goes on.
+    * Log-normaliser (``"importance"``): every one of the K = K1 + K2 samples ``s`` (draws with their
+      multiplicity, uniform ids) is weighted by the mixture density it could have come from (the balance
+      heuristic of multiple importance sampling): ``Z_hat_i = sum_s exp(z_is / tau) / (K1 p_is + K2 / V)``.
+      With the teachers' heads, ``p_is = P_T,i(s)`` and ``Z_hat_i`` is unbiased for ``Z_i``. With only the
+      draws (``samples``), ``p_is = c_is / K1`` (0 for an id not drawn); ``Z_hat_i`` is then unbiased for
+      ``Z_i`` given the draws (the uniform ids' expectation of the two terms adds up to exactly ``Z_i``), with
+      more variance: an id the teacher gives some mass but that was not drawn weighs ``V / K2``.
     """
     n, vocab = hidden.shape[0], weight.shape[0]
     device = hidden.device
@@ -830,27 +832,36 @@ def _sampled_linear_kd(
         if use_importance and k_uniform == 0 and num_samples > 1:
             k_teacher, k_uniform = num_samples - 1, 1
     else:
-        k_teacher = None
         k_uniform = num_samples if use_importance else 0
     uniform = torch.randint(0, vocab, (k_uniform,), generator=generator, device=device)
-    # 1. Teacher targets: draws of P_T,i from the heads in chunks without gradient (exact entropy), or given.
+    # 1. Teacher targets: draws of P_T,i from the heads in chunks without gradient (exact entropy, and P_T,i
+    #    at the drawn and the uniform ids), or given.
     entropy_sum = zero.clone()
+    p_drawn = p_uniform = None
     if samples is None:
-        parts = []
+        parts, p_drawn_parts, p_uniform_parts = [], [], []
         for start in range(0, n, chunk_size):
             log_target = teachers.log_target(slice(start, start + chunk_size))
-            parts.append(draw_targets(log_target, k_teacher, generator=generator))
-            teachers.check_finite(parts[-1][2].sum())
+            chunk_ids, chunk_counts, chunk_entropy = draw_targets(log_target, k_teacher, generator=generator)
+            teachers.check_finite(chunk_entropy.sum())
+            parts.append((chunk_ids, chunk_counts, chunk_entropy))
+            if use_importance:
+                p_drawn_parts.append(log_target.gather(1, chunk_ids.clamp(max=vocab - 1)).exp_())
+                p_uniform_parts.append(log_target[:, uniform].exp_())
             del log_target
         ids, counts = pad_samples([p[0] for p in parts], [p[1] for p in parts], vocab)
         if with_kd:
             entropy_sum = torch.cat([p[2] for p in parts]).sum()
+        if use_importance:
+            p_drawn = pad_samples(p_drawn_parts, p_drawn_parts, vocab)[1]
+            p_uniform = torch.cat(p_uniform_parts)
     else:
         ids, counts = _sorted_samples(*samples, vocab)
         if entropy is not None:
             entropy_sum = entropy.to(torch.float32).sum()
     drawn = counts > 0
-    share = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    k_drawn = counts.sum(dim=1, keepdim=True).clamp(min=1)  # K1 per position
+    share = counts / k_drawn
     # 2. Student logits at the drawn ids ([n, D], per position) and at the uniform ids ([n, K2], shared).
     per_position = ids  # padding ids (vocab) are clamped inside; their logits are masked below
     if with_ce:  # the label's logit comes with the same call (one weight gradient buffer)
@@ -860,18 +871,23 @@ def _sampled_linear_kd(
     width = ids.shape[1]
     draw_logits, uniform_logits = logits[:, :width], logits[:, per_position.shape[1] :]
     if use_importance:
-        found = ids.gather(
-            1, torch.searchsorted(ids, uniform.expand(n, -1).contiguous()).clamp(max=ids.shape[1] - 1)
-        )
-        in_tail = found != uniform  # u_j not among position i's drawn ids
-        tail_log_scale = math.log(vocab / k_uniform)
+        # log of each sample's weight in Z_hat: multiplicity / mixture density (K1 p + K2 / V).
+        uniform_mass = k_uniform / vocab
+        if p_drawn is None:  # only the draws: p = c / K1, so K1 p = c (0 for uniform ids not drawn)
+            where = torch.searchsorted(ids, uniform.expand(n, -1).contiguous()).clamp(max=width - 1)
+            uniform_counts = torch.where(ids.gather(1, where) == uniform, counts.gather(1, where), 0.0)
+            log_w_drawn = counts.log() - (counts + uniform_mass).log()
+            log_w_uniform = -(uniform_counts + uniform_mass).log()
+        else:
+            log_w_drawn = counts.log() - (k_drawn * p_drawn + uniform_mass).log()
+            log_w_uniform = -(k_drawn * p_uniform + uniform_mass).log()
 
     def log_normalizer_sum(scale: float) -> torch.Tensor:
-        """sum_i log Z_i at temperature ``scale``: head exact + importance-sampled tail, or exact in chunks."""
+        """sum_i log Z_i at temperature ``scale``: importance-sampled, or exact in chunks."""
         if not use_importance:
             return _ChunkedLogSumExp.apply(hidden, weight, bias, scale, chunk_size)
-        head = torch.where(drawn, draw_logits / scale, -math.inf)
-        tail = torch.where(in_tail, uniform_logits / scale + tail_log_scale, -math.inf)
+        head = torch.where(drawn, draw_logits / scale + log_w_drawn, -math.inf)
+        tail = uniform_logits / scale + log_w_uniform
         return torch.logsumexp(torch.cat([head, tail], dim=1), dim=-1).sum()
 
     kd_sum = ce_sum = zero
