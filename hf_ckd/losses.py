@@ -417,7 +417,7 @@ def linear_distillation_loss(
     weights: Sequence[float] | None = None,
     average: str = "probs",
     sampled_normalizer: str = "importance",
-    proposal_teacher_mass: float = 0.5,
+    proposal_teacher_mass: float = 2 / 3,
     ignore_index: int = -100,
     num_items_in_batch: int | torch.Tensor | None = None,
     teacher_samples: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -802,23 +802,66 @@ def _sorted_samples(ids: torch.Tensor, counts: torch.Tensor, vocab: int) -> tupl
     return ids, counts
 
 
+@torch.no_grad()
+def _stratified_teacher_samples(
+    log_target: torch.Tensor, num_top: int, num_draws: int, uniform: torch.Tensor, generator
+) -> dict[str, torch.Tensor]:
+    """One chunk of positions (``[c, V]`` log P_T) split into the teacher's ``num_top`` most likely ids, kept
+    with their exact probabilities, and ``num_draws`` draws from the rest of the distribution (distinct ids,
+    counts, their probabilities); plus P_T at the shared ``uniform`` ids and whether each is a top id."""
+    vocab = log_target.shape[-1]
+    probs = log_target.exp()
+    entropy = _row_dots(probs, log_target).neg_()
+    top_p, top_ids = probs.topk(num_top, dim=-1) if num_top else (probs[:, :0], probs[:, :0].long())
+    rest = 1.0 - top_p.sum(-1)
+    if num_draws:
+        probs.scatter_(1, top_ids, 0.0)
+        probs[rest <= 0] = 1.0  # nothing left to draw (the weight r = 0 cancels these draws)
+        draws = torch.multinomial(probs, num_draws, replacement=True, generator=generator)
+        ids, counts = _distinct_draws(draws, vocab)
+    else:
+        ids = torch.full((log_target.shape[0], 0), vocab, dtype=torch.long, device=log_target.device)
+        counts = torch.zeros(ids.shape, device=log_target.device)
+    del probs
+    top_sorted = top_ids.sort(dim=1).values
+    where = torch.searchsorted(top_sorted, uniform.expand(log_target.shape[0], -1).contiguous())
+    uniform_in_top = (
+        top_sorted.gather(1, where.clamp(max=max(num_top - 1, 0))) == uniform
+        if num_top
+        else uniform[None, :] < 0
+    )
+    return {
+        "top_ids": top_ids,
+        "top_p": top_p,
+        "rest": rest.clamp(min=0.0),
+        "ids": ids,
+        "counts": counts,
+        "p_drawn": log_target.gather(1, ids.clamp(max=vocab - 1)).exp_(),
+        "p_uniform": log_target[:, uniform].exp(),
+        "uniform_in_top": uniform_in_top,
+        "entropy": entropy,
+    }
+
+
 def _sampled_linear_kd(
     hidden, weight, bias, labels, teachers, temperature, chunk_size, num_samples, generator, normalizer,
     teacher_mass, with_kd, with_ce, samples=None, entropy=None,
 ):  # fmt: skip
-    """Sampled estimate of the KD and CE sums (see :func:`linear_distillation_loss`).
+    """Sampled estimate of the KD and CE sums (see :func:`linear_distillation_loss` and docs/large_vocab.md).
 
-    Per position i: the distinct ids ``D_i`` among K1 draws of ``P_T,i`` with their counts ``c_iv`` (drawn here
-    from the teachers' heads, or given as ``samples``), and K2 uniform ids ``u_j`` shared by the batch.
+    Every position i gets per-position ids ``s`` with a cross-term weight ``w_is`` (so that
+    ``sum_s w_is z_is`` estimates ``sum_v P_T,i(v) z_iv`` without bias) and a normaliser log-weight
+    ``l_is`` (so that ``sum_s exp(z_is / tau + l_is)`` plus the shared uniform ids' terms estimates ``Z_i``
+    without bias); K2 uniform ids ``u_j`` are shared by the batch.
 
-    * Cross term: ``sum_{v in D_i} (c_iv / K1) z_iv / tau``, unbiased for ``E_{P_T,i}[z_i] / tau``.
-    * Log-normaliser (``"importance"``): every one of the K = K1 + K2 samples ``s`` (draws with their
-      multiplicity, uniform ids) is weighted by the mixture density it could have come from (the balance
-      heuristic of multiple importance sampling): ``Z_hat_i = sum_s exp(z_is / tau) / (K1 p_is + K2 / V)``.
-      With the teachers' heads, ``p_is = P_T,i(s)`` and ``Z_hat_i`` is unbiased for ``Z_i``. With only the
-      draws (``samples``), ``p_is = c_is / K1`` (0 for an id not drawn); ``Z_hat_i`` is then unbiased for
-      ``Z_i`` given the draws (the uniform ids' expectation of the two terms adds up to exactly ``Z_i``), with
-      more variance: an id the teacher gives some mass but that was not drawn weighs ``V / K2``.
+    * From the teachers' heads (stratified): the ``M`` most likely ids of ``P_T,i`` with their exact
+      probabilities (``w = p``, ``l = 0``: summed exactly) and ``Kt`` draws from the remaining mass ``r_i``
+      (distinct ids with counts ``c``: ``w = r_i c / Kt``); the rest of ``Z_i`` is importance-sampled from
+      the draws and the uniform ids that are not top ids, weighted by the balance heuristic
+      ``1 / (Kt p / r_i + K2 / V)``.
+    * From precomputed draws (``samples``: ids, counts, K1 = sum of counts): ``w = c / K1`` and the balance
+      heuristic with ``p`` replaced by ``c / K1`` (0 for an id not drawn): ``l = log c - log(c + K2 / V)``
+      and ``-log(c_u + K2 / V)`` for a uniform id; unbiased for ``Z_i`` given the draws.
     """
     n, vocab = hidden.shape[0], weight.shape[0]
     device = hidden.device
@@ -831,68 +874,78 @@ def _sampled_linear_kd(
         k_uniform = num_samples - k_teacher if use_importance else 0
         if use_importance and k_uniform == 0 and num_samples > 1:
             k_teacher, k_uniform = num_samples - 1, 1
+        num_top = k_teacher // 2
+        num_draws = k_teacher - num_top
     else:
         k_uniform = num_samples if use_importance else 0
     uniform = torch.randint(0, vocab, (k_uniform,), generator=generator, device=device)
-    # 1. Teacher targets: draws of P_T,i from the heads in chunks without gradient (exact entropy, and P_T,i
-    #    at the drawn and the uniform ids), or given.
+    uniform_mass = k_uniform / vocab
     entropy_sum = zero.clone()
-    p_drawn = p_uniform = None
     if samples is None:
-        parts, p_drawn_parts, p_uniform_parts = [], [], []
+        # 1. The teachers' targets in chunks, without gradient: exact entropy, top ids, draws from the rest.
+        parts = []
         for start in range(0, n, chunk_size):
             log_target = teachers.log_target(slice(start, start + chunk_size))
-            chunk_ids, chunk_counts, chunk_entropy = draw_targets(log_target, k_teacher, generator=generator)
-            teachers.check_finite(chunk_entropy.sum())
-            parts.append((chunk_ids, chunk_counts, chunk_entropy))
-            if use_importance:
-                p_drawn_parts.append(log_target.gather(1, chunk_ids.clamp(max=vocab - 1)).exp_())
-                p_uniform_parts.append(log_target[:, uniform].exp_())
+            parts.append(_stratified_teacher_samples(log_target, num_top, num_draws, uniform, generator))
+            teachers.check_finite(parts[-1]["entropy"].sum())
             del log_target
-        ids, counts = pad_samples([p[0] for p in parts], [p[1] for p in parts], vocab)
+        cat = {
+            key: torch.cat([part[key] for part in parts]) for key in ("top_ids", "top_p", "rest", "entropy")
+        }
+        drawn_ids, counts = pad_samples(
+            [part["ids"] for part in parts], [part["counts"] for part in parts], vocab
+        )
+        p_drawn = pad_samples(
+            [part["p_drawn"] for part in parts], [part["p_drawn"] for part in parts], vocab
+        )[1]
+        p_uniform = torch.cat([part["p_uniform"] for part in parts])
+        uniform_in_top = torch.cat([part["uniform_in_top"] for part in parts])
         if with_kd:
-            entropy_sum = torch.cat([p[2] for p in parts]).sum()
+            entropy_sum = cat["entropy"].sum()
+        rest = cat["rest"][:, None]
+        ids = torch.cat([cat["top_ids"], drawn_ids], dim=1)
+        drawn = counts > 0
+        cross_weight = torch.cat([cat["top_p"], rest * counts / max(num_draws, 1)], dim=1)
+        valid = torch.cat([torch.ones_like(cat["top_p"], dtype=torch.bool), drawn], dim=1)
         if use_importance:
-            p_drawn = pad_samples(p_drawn_parts, p_drawn_parts, vocab)[1]
-            p_uniform = torch.cat(p_uniform_parts)
+            density = num_draws * p_drawn / rest.clamp(min=1e-30) + uniform_mass  # Kt p / r + K2 / V
+            log_w = torch.cat([torch.zeros_like(cat["top_p"]), counts.log() - density.log()], dim=1)
+            log_w_uniform = torch.where(
+                uniform_in_top,
+                -math.inf,
+                -(num_draws * p_uniform / rest.clamp(min=1e-30) + uniform_mass).log(),
+            )
     else:
         ids, counts = _sorted_samples(*samples, vocab)
         if entropy is not None:
             entropy_sum = entropy.to(torch.float32).sum()
-    drawn = counts > 0
-    k_drawn = counts.sum(dim=1, keepdim=True).clamp(min=1)  # K1 per position
-    share = counts / k_drawn
-    # 2. Student logits at the drawn ids ([n, D], per position) and at the uniform ids ([n, K2], shared).
+        valid = counts > 0
+        cross_weight = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+        if use_importance:
+            where = torch.searchsorted(ids, uniform.expand(n, -1).contiguous()).clamp(max=ids.shape[1] - 1)
+            uniform_counts = torch.where(ids.gather(1, where) == uniform, counts.gather(1, where), 0.0)
+            log_w = counts.log() - (counts + uniform_mass).log()
+            log_w_uniform = -(uniform_counts + uniform_mass).log()
+    # 2. Student logits at the per-position ids ([n, D]) and at the uniform ids ([n, K2], shared).
     per_position = ids  # padding ids (vocab) are clamped inside; their logits are masked below
     if with_ce:  # the label's logit comes with the same call (one weight gradient buffer)
         per_position = torch.cat([per_position, labels[:, None]], dim=1)
     shared = uniform if use_importance else uniform[:0]
     logits = _GatheredLogits.apply(hidden, weight, bias, per_position, shared)
     width = ids.shape[1]
-    draw_logits, uniform_logits = logits[:, :width], logits[:, per_position.shape[1] :]
-    if use_importance:
-        # log of each sample's weight in Z_hat: multiplicity / mixture density (K1 p + K2 / V).
-        uniform_mass = k_uniform / vocab
-        if p_drawn is None:  # only the draws: p = c / K1, so K1 p = c (0 for uniform ids not drawn)
-            where = torch.searchsorted(ids, uniform.expand(n, -1).contiguous()).clamp(max=width - 1)
-            uniform_counts = torch.where(ids.gather(1, where) == uniform, counts.gather(1, where), 0.0)
-            log_w_drawn = counts.log() - (counts + uniform_mass).log()
-            log_w_uniform = -(uniform_counts + uniform_mass).log()
-        else:
-            log_w_drawn = counts.log() - (k_drawn * p_drawn + uniform_mass).log()
-            log_w_uniform = -(k_drawn * p_uniform + uniform_mass).log()
+    sample_logits, uniform_logits = logits[:, :width], logits[:, per_position.shape[1] :]
 
     def log_normalizer_sum(scale: float) -> torch.Tensor:
         """sum_i log Z_i at temperature ``scale``: importance-sampled, or exact in chunks."""
         if not use_importance:
             return _ChunkedLogSumExp.apply(hidden, weight, bias, scale, chunk_size)
-        head = torch.where(drawn, draw_logits / scale + log_w_drawn, -math.inf)
+        head = torch.where(valid, sample_logits / scale + log_w, -math.inf)
         tail = uniform_logits / scale + log_w_uniform
         return torch.logsumexp(torch.cat([head, tail], dim=1), dim=-1).sum()
 
     kd_sum = ce_sum = zero
     if with_kd:
-        cross = (share * torch.where(drawn, draw_logits, 0.0)).sum() / temperature
+        cross = (cross_weight * torch.where(valid, sample_logits, 0.0)).sum() / temperature
         kd_sum = temperature**2 * (log_normalizer_sum(temperature) - cross - entropy_sum)
     if with_ce:
         label_logits = logits[:, width]
