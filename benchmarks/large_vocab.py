@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import HfArgumentParser
 
-from hf_ckd.losses import draw_targets, linear_kd_loss, pad_samples
+from hf_ckd.losses import linear_kd_loss, pad_samples, stratified_targets
 
-MODES = ("full", "chunked", "sampled", "sampled_cached")
+MODES = ("full", "chunked", "sampled", "sampled_cached", "sampled_cached_exact")
 
 
 @dataclass
@@ -98,9 +98,17 @@ def make_inputs(args: BenchmarkArguments, vocab: int) -> dict[str, torch.Tensor]
     return inputs
 
 
+def stored_samples(args: BenchmarkArguments, log_target: torch.Tensor, generator) -> tuple:
+    """What a token-level soft-target cache stores per position: the teacher's top ids with exact
+    probabilities and draws from the rest (``stratified_targets``), ``teacher_ids`` of them in all."""
+    vocab = log_target.shape[-1]
+    k = teacher_ids(args, vocab)
+    return stratified_targets(log_target, k // 2, k - k // 2, generator)
+
+
 def cached_draws(args: BenchmarkArguments, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The teacher's draws as a soft-target cache with ``storage="sampled"`` holds them (half the sample
-    budget; computed once, outside the timed step, like the cache)."""
+    """The teacher's samples as a soft-target cache holds them (computed once, outside the timed step, like
+    the cache)."""
     vocab = inputs["student_head_weight"].shape[0]
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     parts = []
@@ -110,18 +118,20 @@ def cached_draws(args: BenchmarkArguments, inputs: dict[str, torch.Tensor]) -> d
                 inputs["teacher_hidden"][start : start + args.chunk_size] @ inputs["teacher_head_weight"].T
             )
             log_target = torch.log_softmax((logits + inputs["teacher_head_bias"]) / args.temperature, dim=-1)
-            parts.append(draw_targets(log_target, teacher_draws(args, vocab), generator))
+            parts.append(stored_samples(args, log_target, generator))
     ids, counts = pad_samples([p[0] for p in parts], [p[1] for p in parts], vocab)
-    return {"teacher_samples": (ids, counts), "teacher_entropy": torch.cat([p[2] for p in parts])}
+    probs = pad_samples([p[0] for p in parts], [p[2] for p in parts], vocab)[1]
+    return {"teacher_samples": (ids, counts, probs), "teacher_entropy": torch.cat([p[3] for p in parts])}
 
 
 def num_samples(args: BenchmarkArguments, vocab: int) -> int:
-    return max(2, int(args.sample_fraction * vocab))
+    return max(3, int(args.sample_fraction * vocab))
 
 
-def teacher_draws(args: BenchmarkArguments, vocab: int) -> int:
-    """sampled_cached: teacher draws stored per position; the rest of the budget is uniform ids."""
-    return num_samples(args, vocab) // 2
+def teacher_ids(args: BenchmarkArguments, vocab: int) -> int:
+    """The teacher's share of the sample budget (as online: ``proposal_teacher_mass`` = 2/3); the rest of
+    the budget is uniform ids."""
+    return round(2 / 3 * num_samples(args, vocab))
 
 
 def kd_step(
@@ -133,11 +143,13 @@ def kd_step(
     if mode.startswith("sampled"):
         extra["generator"] = torch.Generator(device=args.device).manual_seed(seed)
         extra["num_samples"] = num_samples(args, vocab)
-    if mode == "sampled_cached":
+    if mode.startswith("sampled_cached"):
         teacher = ("teacher_hidden", "teacher_head_weight", "teacher_head_bias")
         inputs = {k: v for k, v in inputs.items() if k not in teacher}
         inputs.update(teacher_hidden=None, teacher_head_weight=None, **draws)
-        extra["num_samples"] -= teacher_draws(args, vocab)  # uniform ids for the tail
+        extra["num_samples"] -= teacher_ids(args, vocab)  # the uniform ids
+        if mode.endswith("exact"):
+            extra["sampled_normalizer"] = "exact"
     loss = linear_kd_loss(
         **inputs, temperature=args.temperature, mode=mode.split("_")[0], chunk_size=args.chunk_size, **extra
     )
@@ -193,7 +205,7 @@ def _peak_rss_bytes() -> int:
 def measure_memory_here(args: BenchmarkArguments, vocab: int, mode: str) -> int:
     """Peak memory growth of one step, in bytes (run in a fresh process)."""
     inputs = make_inputs(args, vocab)
-    draws = cached_draws(args, inputs) if mode == "sampled_cached" else None
+    draws = cached_draws(args, inputs) if mode.startswith("sampled_cached") else None
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -242,7 +254,7 @@ def quality_run(args: BenchmarkArguments) -> dict[str, float]:
             ).item()  # fmt: skip
 
     results = {}
-    for mode in ("full", "sampled", "sampled_cached"):
+    for mode in ("full", "sampled", "sampled_cached", "sampled_cached_exact"):
         torch.manual_seed(args.seed)
         student_map = (torch.randn(ctx, h) / math.sqrt(ctx)).to(args.device).requires_grad_()
         student_head = (torch.randn(vocab, h) / math.sqrt(h)).to(args.device).requires_grad_()
@@ -261,13 +273,15 @@ def quality_run(args: BenchmarkArguments) -> dict[str, float]:
                 "teacher_head_weight": teacher_head,
                 "teacher_head_bias": rank_bias,
             }
-            if mode == "sampled_cached":  # draws as a cache holds them (fresh examples every step)
+            if mode.startswith("sampled_cached"):  # samples as a cache holds them (fresh examples every step)
                 with torch.no_grad():
                     log_target = torch.log_softmax(x @ teacher_map @ teacher_head.T + rank_bias, dim=-1)
-                    ids, counts, entropy = draw_targets(log_target, teacher_draws(args, vocab), draws)
-                teacher = {"teacher_hidden": None, "teacher_head_weight": None, "teacher_samples": (ids, counts),
-                           "teacher_entropy": entropy}  # fmt: skip
-                extra["num_samples"] = num_samples(args, vocab) - teacher_draws(args, vocab)
+                    ids, counts, probs, entropy = stored_samples(args, log_target, draws)
+                teacher = {"teacher_hidden": None, "teacher_head_weight": None,
+                           "teacher_samples": (ids, counts, probs), "teacher_entropy": entropy}  # fmt: skip
+                extra["num_samples"] = num_samples(args, vocab) - teacher_ids(args, vocab)
+                if mode.endswith("exact"):
+                    extra["sampled_normalizer"] = "exact"
             loss = linear_kd_loss(
                 x @ student_map, student_head, labels=torch.zeros(n, dtype=torch.long, device=args.device),
                 temperature=1.0, mode=mode.split("_")[0], chunk_size=args.chunk_size, **teacher, **extra,
@@ -338,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"quality (V={args.quality_vocab}, held-out full-KD loss): full {quality['full']:.4f}, "
         + ", ".join(
             f"{mode} {quality[mode]:.4f} ({(quality[mode] - quality['full']) / quality['full']:+.2%})"
-            for mode in ("sampled", "sampled_cached")
+            for mode in ("sampled", "sampled_cached", "sampled_cached_exact")
         )
     )
     if args.json:

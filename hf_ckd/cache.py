@@ -308,22 +308,27 @@ def _collate_rows(collate_fn: Callable[[list[dict]], dict]) -> Callable:
 def _encode_tokens(
     log_target: torch.Tensor, attention_mask: torch.Tensor | None, k: int, generator: torch.Generator
 ) -> dict[str, list]:
-    """``[B, T, V]`` log-probabilities to per-example lists over the attended positions (in order): the
-    distinct ids of ``k`` draws at each position, their counts, and the position's exact entropy."""
-    from .losses import draw_targets
+    """``[B, T, V]`` log-probabilities to per-example lists over the attended positions (in order): at each
+    position the teacher's ``k // 2`` most likely ids with their exact probabilities and the distinct ids of
+    ``k - k // 2`` draws from the rest with their counts (``hf_ckd.losses.stratified_targets``), and the
+    position's exact entropy."""
+    from .losses import stratified_targets
 
     mask = (
         attention_mask.bool()
         if attention_mask is not None
         else torch.ones(log_target.shape[:2], dtype=torch.bool)
     )
-    columns: dict[str, list] = {"ids": [], "counts": [], "entropy": []}
+    columns: dict[str, list] = {"ids": [], "counts": [], "probs": [], "entropy": []}
     for b in range(log_target.shape[0]):
         positions = mask[b].to(log_target.device).nonzero().squeeze(-1)
-        ids, counts, entropy = draw_targets(log_target[b, positions].cpu(), k, generator)
-        counts = counts.int()
-        columns["ids"].append([i[c > 0].int().numpy() for i, c in zip(ids, counts)])
-        columns["counts"].append([c[c > 0].numpy() for c in counts])
+        ids, counts, probs, entropy = stratified_targets(
+            log_target[b, positions].cpu(), min(k // 2, log_target.shape[-1]), k - k // 2, generator
+        )
+        used = (counts > 0) | (probs > 0)
+        columns["ids"].append([i[u].int().numpy() for i, u in zip(ids, used)])
+        columns["counts"].append([c[u].int().numpy() for c, u in zip(counts, used)])
+        columns["probs"].append([p[u].numpy() for p, u in zip(probs, used)])
         columns["entropy"].append(entropy.numpy().astype(np.float32))
     return columns
 
@@ -431,6 +436,11 @@ def build_soft_target_cache(
                             f"('{storage}' would hold positions x vocabulary numbers per example)."
                         )
                     token_level = True
+                    if k < 2:
+                        raise CacheError(
+                            f"Token-level storage='sampled' needs k >= 2 teacher ids per position (k // 2 top ids, "
+                            f"the rest draws), got k={k}."
+                        )
                     encoded = _encode_tokens(log_target, batch.get("attention_mask"), k, generator)
                 elif log_target.dim() == 2:
                     encoded = _encode(log_target.exp(), storage, k or 0, generator)
@@ -442,7 +452,7 @@ def build_soft_target_cache(
                 columns["row"].extend(chunk)
                 for key, value in encoded.items():
                     columns.setdefault(key, []).extend(
-                        list(value.astype(np_dtype)) if key == "probs" else list(value)
+                        list(value.astype(np_dtype)) if key == "probs" and not token_level else list(value)
                     )
                 bar.update(len(chunk))
             bar.close()
@@ -565,11 +575,13 @@ class SoftTargetCache:
 
     def token_samples(
         self, index: torch.Tensor, view: torch.Tensor, attention_mask: torch.Tensor | None, seq_len: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The stored teacher draws of a batch, aligned with its ``[B, T]`` positions (hidden state t, which
-        predicts token t + 1): ``(ids, counts, entropy)`` of shapes ``[B, T, D]``, ``[B, T, D]``, ``[B, T]``,
-        what ``linear_distillation_loss(teacher_samples=..., teacher_entropy=...)`` takes. Positions with
-        ``attention_mask == 0`` (padding) get no draws (id ``V``, count 0)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stored teacher samples of a batch, aligned with its ``[B, T]`` positions (hidden state t, which
+        predicts token t + 1): ``(ids, counts, probs, entropy)``, ``[B, T, D]`` each but the entropy
+        (``[B, T]``): top ids with their exact probability (count 0), draws from the rest with their count
+        (probability 0), as ``hf_ckd.losses.stratified_targets`` gives them, and what
+        ``linear_distillation_loss(teacher_samples=(ids, counts, probs), teacher_entropy=...)`` takes.
+        Positions with ``attention_mask == 0`` (padding) get nothing (id ``V``, count and probability 0)."""
         if not self.token_level:
             raise CacheError(
                 f"Soft-target cache '{self.path}' holds one target per example, not per position."
@@ -602,6 +614,10 @@ class SoftTargetCache:
         flat_counts = (
             records.column("counts").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
         )
+        flat_probs = (
+            records.column("probs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+        )
+
         flat_entropy = records.column("entropy").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         b_index, t_index = mask.nonzero(as_tuple=True)  # row-major: the order the positions were stored in
         width = max(int(lengths.max()) if len(lengths) else 1, 1)
@@ -612,9 +628,11 @@ class SoftTargetCache:
         b_draw, t_draw = b_index.repeat_interleave(lengths), t_index.repeat_interleave(lengths)
         ids[b_draw, t_draw, slot] = flat_ids
         counts[b_draw, t_draw, slot] = torch.tensor(flat_counts, dtype=torch.float32)
+        probs = torch.zeros(batch, seq_len, width)
+        probs[b_draw, t_draw, slot] = torch.tensor(flat_probs, dtype=torch.float32)
         entropy = torch.zeros(batch, seq_len)
         entropy[b_index, t_index] = torch.tensor(flat_entropy, dtype=torch.float32)
-        return ids, counts, entropy
+        return ids, counts, probs, entropy
 
     def log_targets(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
         """``[B, V]`` float32 log-probabilities of examples ``index`` under views ``view`` (``-inf`` where a

@@ -433,14 +433,15 @@ def linear_distillation_loss(
       computes each chunk's logits, loss and gradients in one pass, so memory is ``O(chunk_size * V)``, not
       ``O(N * V)``;
     * ``"sampled"`` estimates it from about ``num_samples`` vocabulary ids per position: a share
-      ``proposal_teacher_mass`` of them drawn from P_T^tau (the distinct ids with their counts give the
-      unbiased cross term), the rest uniform ids shared by the batch. The student's log-normaliser sums the
-      drawn ids exactly and estimates the remaining tail from the uniform ids (importance sampling, unbiased
-      for the normaliser); ``sampled_normalizer="exact"`` computes it exactly in chunks instead (then all
-      ``num_samples`` are teacher draws). The draws come from the teachers' heads (a pass over the vocabulary
-      in chunks, without gradient) or, precomputed, from ``teacher_samples`` (e.g. a soft-target cache with
-      ``storage="sampled"``): then no teacher is needed and ``num_samples`` is the number of uniform ids.
-      Only the student's rows at the sampled ids get gradients.
+      ``proposal_teacher_mass`` of them from the teacher (half its most likely ids, with their exact
+      probabilities, half draws from the rest of P_T^tau: an unbiased, stratified cross term), the rest
+      uniform ids shared by the batch. The student's log-normaliser sums the top ids exactly and
+      importance-samples the rest from the draws and the uniform ids (balance heuristic, unbiased for the
+      normaliser); ``sampled_normalizer="exact"`` computes it exactly in chunks instead (then all
+      ``num_samples`` are teacher ids). The teacher side is a pass over the vocabulary in chunks without
+      gradient, or, precomputed, ``teacher_samples`` (e.g. a soft-target cache with ``storage="sampled"``):
+      then no teacher is needed and ``num_samples`` is the number of uniform ids. Only the student's rows at
+      the sampled ids get gradients.
 
     Args:
         student_hidden: ``[..., Hs]``, flattened to ``[N, Hs]`` (positions already aligned with ``labels``:
@@ -516,15 +517,20 @@ def linear_distillation_loss(
     kept_labels = flat_labels[keep]
     samples = entropy = None
     if teacher_samples is not None:
-        ids, counts = teacher_samples
-        if ids.shape != counts.shape or ids.shape[:-1] != labels.shape:
+        if len(teacher_samples) not in (2, 3):
+            raise ValueError("teacher_samples must be (ids, counts) or (ids, counts, probs).")
+        ids, counts, top_probs = (*teacher_samples, None)[:3]
+        shapes = [tuple(t.shape) for t in teacher_samples]
+        if len(set(shapes)) != 1 or ids.shape[:-1] != labels.shape:
             raise ValueError(
-                f"teacher_samples (ids {tuple(ids.shape)}, counts {tuple(counts.shape)}) must both have shape "
-                f"labels.shape + (D,) = {tuple(labels.shape)} + (D,)."
+                f"teacher_samples (shapes {shapes}) must all have shape labels.shape + (D,) = "
+                f"{tuple(labels.shape)} + (D,)."
             )
-        if bool((ids[counts > 0] >= vocab).any()) or bool((ids[counts > 0] < 0).any()):
+        used = counts > 0 if top_probs is None else (counts > 0) | (top_probs > 0)
+        if bool((ids[used] >= vocab).any()) or bool((ids[used] < 0).any()):
             raise ValueError(f"teacher_samples holds ids outside the vocabulary [0, {vocab}).")
-        samples = (ids.reshape(-1, ids.shape[-1])[keep], counts.reshape(-1, ids.shape[-1])[keep])
+        samples = tuple(t.reshape(-1, ids.shape[-1])[keep] for t in teacher_samples)
+        samples = samples if len(samples) == 3 else (*samples, None)
         if teacher_entropy is not None:
             entropy = teacher_entropy.reshape(-1)[keep]
     teachers = _TeacherHeads(teacher_hidden, teacher_weight, teacher_bias, temperature, weights, average)
@@ -771,6 +777,37 @@ def draw_targets(
     return ids, counts, entropy
 
 
+@torch.no_grad()
+def stratified_targets(
+    log_target: torch.Tensor, num_top: int, num_draws: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``num_top`` most likely ids of each row of ``exp(log_target)`` (``[n, V]``) with their exact
+    probabilities, and ``num_draws`` draws (with replacement) from the rest of the distribution.
+
+    Returns ``(ids, counts, probs, entropy)``, ``[n, D]`` each but the entropy (``[n]``, nats, exact): the top
+    ids have count 0 and their probability; the drawn ids (distinct, none of them a top id) their count and
+    probability 0; padding is id ``V`` with count and probability 0. ``probs + (1 - sum(top probs)) *
+    counts / num_draws`` is an unbiased estimate of the distribution, with the variance of the rest only:
+    what ``teacher_samples=(ids, counts, probs)`` of :func:`linear_distillation_loss` and a token-level
+    soft-target cache hold.
+    """
+    vocab = log_target.shape[-1]
+    probs = log_target.exp()
+    entropy = _row_dots(probs, log_target).neg_()
+    top_p, top_ids = probs.topk(num_top, dim=-1)
+    probs.scatter_(1, top_ids, 0.0)
+    probs[probs.sum(-1) <= 0] = 1.0  # no mass left to draw from: the rest's weight is 0 anyway
+    ids, counts = _distinct_draws(
+        torch.multinomial(probs, num_draws, replacement=True, generator=generator), vocab
+    )
+    return (
+        torch.cat([top_ids, ids], dim=1),
+        torch.cat([torch.zeros_like(top_p), counts], dim=1),
+        torch.cat([top_p, torch.zeros_like(counts)], dim=1),
+        entropy,
+    )
+
+
 def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a * b).sum(-1)`` for ``[n, V]`` rows without an ``[n, V]`` temporary."""
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
@@ -786,20 +823,26 @@ def pad_samples(
     return torch.cat(ids), torch.cat(counts)
 
 
-def _sorted_samples(ids: torch.Tensor, counts: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Given ``(ids, counts)`` (any order; count 0 = padding) as :func:`_distinct_draws` returns them."""
+def _sorted_samples(
+    ids: torch.Tensor, counts: torch.Tensor, probs: torch.Tensor | None, vocab: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``teacher_samples`` in any order (count and probability 0 = padding) to ascending ids, padding
+    (id ``V``) last, as :func:`draw_targets` returns them."""
     counts = counts.to(torch.float32)
+    probs = probs.to(torch.float32) if probs is not None else None
     ids = ids.long()
-    canonical = bool(((counts <= 0) == (ids >= vocab)).all()) and bool((ids[:, 1:] >= ids[:, :-1]).all())
+    empty = counts <= 0 if probs is None else (counts <= 0) & (probs <= 0)
+    canonical = bool((empty == (ids >= vocab)).all()) and bool((ids[:, 1:] >= ids[:, :-1]).all())
     if not canonical:  # as draw_targets returns them (and a sampled cache stores them): nothing to copy
-        ids = ids.masked_fill(counts <= 0, vocab)
+        ids = ids.masked_fill(empty, vocab)
         ids, order = ids.sort(dim=1)
         counts = counts.gather(1, order)
+        probs = probs.gather(1, order) if probs is not None else None
     if bool(((ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] < vocab)).any()):
         raise ValueError(
             "teacher_samples lists an id twice at one position; give distinct ids with their counts."
         )
-    return ids, counts
+    return ids, counts, probs
 
 
 @torch.no_grad()
@@ -916,16 +959,24 @@ def _sampled_linear_kd(
                 -(num_draws * p_uniform / rest.clamp(min=1e-30) + uniform_mass).log(),
             )
     else:
-        ids, counts = _sorted_samples(*samples, vocab)
+        ids, counts, top_p = _sorted_samples(*samples, vocab)
         if entropy is not None:
             entropy_sum = entropy.to(torch.float32).sum()
-        valid = counts > 0
-        cross_weight = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+        top_p = top_p if top_p is not None else torch.zeros_like(counts)
+        top = (counts <= 0) & (top_p > 0)  # exact top ids (stratified samples), else draws
+        rest = (1.0 - top_p.sum(dim=1, keepdim=True)).clamp(min=0.0)
+        valid = (counts > 0) | top
+        cross_weight = top_p + rest * counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
         if use_importance:
+            # Over the rest: the balance heuristic with P_T replaced by the draw counts (unbiased given the
+            # draws); top ids are summed exactly, so a uniform id that is one of them is left out.
             where = torch.searchsorted(ids, uniform.expand(n, -1).contiguous()).clamp(max=ids.shape[1] - 1)
-            uniform_counts = torch.where(ids.gather(1, where) == uniform, counts.gather(1, where), 0.0)
-            log_w = counts.log() - (counts + uniform_mass).log()
-            log_w_uniform = -(uniform_counts + uniform_mass).log()
+            hit = ids.gather(1, where) == uniform
+            uniform_counts = torch.where(hit, counts.gather(1, where), 0.0)
+            log_w = torch.where(top, 0.0, counts.log() - (counts + uniform_mass).log())
+            log_w_uniform = torch.where(
+                hit & top.gather(1, where), -math.inf, -(uniform_counts + uniform_mass).log()
+            )
     # 2. Student logits at the per-position ids ([n, D]) and at the uniform ids ([n, K2], shared).
     per_position = ids  # padding ids (vocab) are clamped inside; their logits are masked below
     if with_ce:  # the label's logit comes with the same call (one weight gradient buffer)

@@ -481,13 +481,13 @@ class CheckpointDistillTrainer(Trainer):
         if self.soft_targets is not None:  # the teachers' draws per position, read from the cache
             hidden = outputs.hidden_states[-1]
             index, view = self._cache_keys(inputs)
-            ids, counts, entropy = self.soft_targets.token_samples(
+            ids, counts, probs, entropy = self.soft_targets.token_samples(
                 index, view, inputs.get("attention_mask"), hidden.shape[1]
             )
             teacher_inputs = {
                 "teacher_hidden": None,
                 "teacher_head_weight": None,
-                "teacher_samples": (ids.to(hidden.device), counts.to(hidden.device)),
+                "teacher_samples": tuple(t.to(hidden.device) for t in (ids, counts, probs)),
                 "teacher_entropy": entropy.to(hidden.device),
             }
         else:

@@ -204,7 +204,7 @@ def test_precomputed_teacher_samples_converge_to_full():
     order = torch.randperm(ids.shape[1], generator=torch.Generator().manual_seed(2))
     shuffled = linear_kd_loss(**student, teacher_samples=(ids[:, order], counts[:, order]), **kwargs)
     assert shuffled.item() == pytest.approx(loss.item(), rel=1e-6)
-    with pytest.raises(ValueError, match=r"teacher_samples .* must both have shape"):
+    with pytest.raises(ValueError, match=r"teacher_samples .* must all have shape"):
         linear_kd_loss(**student, teacher_samples=(ids[:5], counts[:5]), **kwargs)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         linear_kd_loss(**student, teacher_samples=(ids + 500, counts), **kwargs)
@@ -212,6 +212,64 @@ def test_precomputed_teacher_samples_converge_to_full():
         linear_kd_loss(**p, teacher_samples=(ids, counts), temperature=tau, mode="sampled", num_samples=4)
     with pytest.raises(ValueError, match="teacher_samples are for mode='sampled'"):
         linear_kd_loss(**student, **{**kwargs, "mode": "chunked"}, teacher_samples=(ids, counts))
+
+
+def test_stratified_teacher_samples():
+    """stratified_targets: exact top ids plus draws from the rest give an unbiased estimate of P_T; as
+    teacher_samples the loss converges to full, and the normaliser stays unbiased given the samples."""
+    from hf_ckd.losses import draw_targets, stratified_targets
+
+    tau, vocab = 2.0, 150
+    p = problem(n=12, vocab=vocab, ignored=())
+    with torch.no_grad():
+        logits = p["teacher_hidden"] @ p["teacher_head_weight"].T + p["teacher_head_bias"]
+        log_target = torch.log_softmax(logits / tau, -1)
+    ids, counts, probs, entropy = stratified_targets(log_target, 10, 4000, torch.Generator().manual_seed(0))
+    top = (counts == 0) & (probs > 0)
+    assert torch.all(top.sum(1) == 10) and torch.all(counts.sum(1) == 4000)
+    exact_top = log_target.exp().topk(10, dim=-1).values
+    torch.testing.assert_close(probs.sort(1, descending=True).values[:, :10], exact_top)
+    rest = 1 - probs.sum(1, keepdim=True)
+    estimate = torch.zeros_like(log_target).scatter_add_(
+        1, ids.clamp(max=vocab - 1), probs + rest * counts / 4000
+    )
+    l1 = (estimate - log_target.exp()).abs().sum(1)
+    plain_ids, plain_counts, _ = draw_targets(log_target, 4010, torch.Generator().manual_seed(0))
+    plain = torch.zeros_like(log_target).scatter_add_(1, plain_ids.clamp(max=vocab - 1), plain_counts / 4010)
+    plain_l1 = (plain - log_target.exp()).abs().sum(1)
+    assert l1.max() < 0.2 and l1.mean() < plain_l1.mean(), (l1, plain_l1)  # the top ids carry no variance
+    full = linear_kd_loss(**p, temperature=tau, mode="full")
+    student = {k: p[k] for k in ("student_hidden", "student_head_weight", "student_head_bias", "labels")}
+    loss = linear_kd_loss(
+        **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=(ids, counts, probs),
+        teacher_entropy=entropy, temperature=tau, mode="sampled", num_samples=vocab, sampled_normalizer="exact",
+    )  # fmt: skip
+    assert loss.item() == pytest.approx(full.item(), rel=0.01)
+    # The normaliser with the importance weights: unbiased given the samples (one position, 400 uniform draws).
+    one = {
+        k: (v[:1] if k != "student_head_weight" and k != "student_head_bias" else v)
+        for k, v in student.items()
+    }
+    samples = (ids[:1, :40], counts[:1, :40], probs[:1, :40])  # keep it sparse: top ids + a few draws
+    with torch.no_grad():
+        z = (p["student_hidden"][:1] @ p["student_head_weight"].T + p["student_head_bias"]) / tau
+    k_drawn = samples[1].sum()
+    rest1 = 1 - samples[2].sum()
+    valid = (samples[1] > 0) | (samples[2] > 0)
+    cross = (
+        (samples[2] + rest1 * samples[1] / k_drawn) * z.gather(1, samples[0].clamp(max=vocab - 1)) * valid
+    ).sum()
+    z_hats = []
+    for seed in range(400):
+        value = linear_kd_loss(
+            **one, teacher_hidden=None, teacher_head_weight=None, teacher_samples=samples,
+            teacher_entropy=entropy[:1], temperature=tau, mode="sampled", num_samples=6,
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        z_hats.append(torch.exp(value.detach() / tau**2 + cross + entropy[:1].sum()))
+    z_hats = torch.stack(z_hats)
+    stderr = z_hats.std() / math.sqrt(len(z_hats))
+    assert abs(z_hats.mean() - torch.exp(z).sum()) < 4 * stderr, (z_hats.mean(), torch.exp(z).sum(), stderr)
 
 
 def test_sampled_touches_only_sampled_rows():
