@@ -23,13 +23,15 @@ def test_large_vocab_quick(tmp_path):
     result = json.loads(out.read_text())
     runs = result["runs"]
     assert {(r["vocab"], r["mode"]) for r in runs} == {
-        (v, m) for v in (4096,) for m in ("full", "chunked", "sampled")
+        (v, m)
+        for v in (4096,)
+        for m in ("full", "chunked", "sampled", "sampled_cached", "sampled_cached_exact")
     }
     for run in runs:
         assert run["time_s"] > 0 and run["peak_bytes"] >= 0
         if run["mode"] == "chunked":  # exact: equal to full whatever the machine
             assert run["rel_error"] < 1e-5
-    assert set(result["quality"]) == {"full", "sampled"}
+    assert set(result["quality"]) == {"full", "sampled", "sampled_cached", "sampled_cached_exact"}
 
 
 def test_teacher_cost_quick(tmp_path):
