@@ -454,9 +454,11 @@ def linear_distillation_loss(
         temperature: tau > 0.
         alpha: weight of the hard-label cross-entropy (``0``: the KD term alone).
         num_items_in_batch: divide the sums by this instead of by the kept positions of this batch.
-        teacher_samples: ``mode="sampled"`` only: ``(ids, counts)``, each ``[..., D]`` (positions as ``labels``),
-            the distinct ids drawn from P_T^tau at each position and how often each was drawn (count 0 pads).
-            Replaces ``teacher_hidden``/``teacher_head_weight`` (pass ``None``).
+        teacher_samples: ``mode="sampled"`` only: ``(ids, counts)`` or ``(ids, counts, probs)``, each ``[..., D]``
+            (positions as ``labels``): the distinct ids drawn from P_T^tau at each position and how often each
+            was drawn (:func:`draw_targets`), or, stratified (:func:`stratified_targets`), the teacher's top ids
+            with their exact probability (count 0) and distinct draws from the rest (probability 0); count and
+            probability 0 pad. Replaces ``teacher_hidden``/``teacher_head_weight`` (pass ``None``).
         teacher_entropy: ``[...]`` the entropy of P_T^tau per position (nats), with ``teacher_samples``: it makes
             the reported value the KL; without it the value is the cross-entropy (same gradients).
 
