@@ -641,7 +641,7 @@ def _scatter_matmul(
     vals = values.reshape(-1).to(hidden.dtype)[order]
     cols = order.div_(k, rounding_mode="floor")  # flat index // k = the position (row of G)
     out = torch.empty(vocab, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
-    block = max(1, (1 << 22) // hidden.shape[1])  # vocabulary rows per product (16 MB of float32 output)
+    block = max(1, (1 << 20) // hidden.shape[1])  # vocabulary rows per product (4 MB of float32 output)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for v0 in range(0, vocab, block):
@@ -799,15 +799,15 @@ def stratified_targets(
     top_p, top_ids = probs.topk(num_top, dim=-1)
     probs.scatter_(1, top_ids, 0.0)
     probs[probs.sum(-1) <= 0] = 1.0  # no mass left to draw from: the rest's weight is 0 anyway
-    ids, counts = _distinct_draws(
+    drawn, counts = _distinct_draws(
         torch.multinomial(probs, num_draws, replacement=True, generator=generator), vocab
     )
-    return (
-        torch.cat([top_ids, ids], dim=1),
-        torch.cat([torch.zeros_like(top_p), counts], dim=1),
-        torch.cat([top_p, torch.zeros_like(counts)], dim=1),
-        entropy,
-    )
+    del probs
+    # Ascending ids, padding last: the layout the loss reads without copying.
+    ids, order = torch.cat([top_ids, drawn], dim=1).sort(dim=1)
+    counts = torch.cat([torch.zeros_like(top_p), counts], dim=1).gather(1, order)
+    top_probs = torch.cat([top_p, torch.zeros_like(drawn, dtype=top_p.dtype)], dim=1).gather(1, order)
+    return ids, counts, top_probs, entropy
 
 
 def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
