@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import HfArgumentParser
 
-from hf_ckd.losses import linear_kd_loss, pad_samples, stratified_targets
+from hf_ckd.losses import cat_samples, linear_kd_loss, stratified_targets
 
 MODES = ("full", "chunked", "sampled", "sampled_cached", "sampled_cached_exact")
 
@@ -59,6 +59,10 @@ class BenchmarkArguments:
     quality_vocab: int = field(default=32768, metadata={"help": "V of the quality run."})
     quality_steps: int = field(default=300, metadata={"help": "Student steps of the quality run."})
     quality_positions: int = field(default=256, metadata={"help": "Positions per step of the quality run."})
+    quality_arms: str = field(
+        default="full,sampled,sampled_cached,sampled_cached_exact",
+        metadata={"help": "Comma-separated arms of the quality run (full first: the reference)."},
+    )
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "Device."})
     seed: int = field(default=0, metadata={"help": "Seed."})
     quick: bool = field(default=False, metadata={"help": "Small sizes (seconds), for the tests."})
@@ -99,11 +103,14 @@ def make_inputs(args: BenchmarkArguments, vocab: int) -> dict[str, torch.Tensor]
 
 
 def stored_samples(args: BenchmarkArguments, log_target: torch.Tensor, generator) -> tuple:
-    """What a token-level soft-target cache stores per position: the teacher's top ids with exact
-    probabilities and draws from the rest (``stratified_targets``), ``teacher_ids`` of them in all."""
+    """What a token-level soft-target cache stores per position (``stratified_targets``): the teacher's top ids
+    and draws from the rest, ``teacher_ids`` of them in all, and the uniform ids, all with their
+    probabilities: the samples the online mode draws."""
     vocab = log_target.shape[-1]
     k = teacher_ids(args, vocab)
-    return stratified_targets(log_target, k // 2, k - k // 2, generator)
+    return stratified_targets(
+        log_target, k // 2, k - k // 2, generator, num_uniform=num_samples(args, vocab) - k
+    )
 
 
 def cached_draws(args: BenchmarkArguments, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,9 +126,8 @@ def cached_draws(args: BenchmarkArguments, inputs: dict[str, torch.Tensor]) -> d
             )
             log_target = torch.log_softmax((logits + inputs["teacher_head_bias"]) / args.temperature, dim=-1)
             parts.append(stored_samples(args, log_target, generator))
-    ids, counts = pad_samples([p[0] for p in parts], [p[1] for p in parts], vocab)
-    probs = pad_samples([p[0] for p in parts], [p[2] for p in parts], vocab)[1]
-    return {"teacher_samples": (ids, counts, probs), "teacher_entropy": torch.cat([p[3] for p in parts])}
+    samples = cat_samples(parts, vocab)
+    return {"teacher_samples": tuple(samples[:4]), "teacher_entropy": samples.entropy}
 
 
 def num_samples(args: BenchmarkArguments, vocab: int) -> int:
@@ -254,7 +260,7 @@ def quality_run(args: BenchmarkArguments) -> dict[str, float]:
             ).item()  # fmt: skip
 
     results = {}
-    for mode in ("full", "sampled", "sampled_cached", "sampled_cached_exact"):
+    for mode in args.quality_arms.split(","):
         torch.manual_seed(args.seed)
         student_map = (torch.randn(ctx, h) / math.sqrt(ctx)).to(args.device).requires_grad_()
         student_head = (torch.randn(vocab, h) / math.sqrt(h)).to(args.device).requires_grad_()
@@ -276,9 +282,9 @@ def quality_run(args: BenchmarkArguments) -> dict[str, float]:
             if mode.startswith("sampled_cached"):  # samples as a cache holds them (fresh examples every step)
                 with torch.no_grad():
                     log_target = torch.log_softmax(x @ teacher_map @ teacher_head.T + rank_bias, dim=-1)
-                    ids, counts, probs, entropy = stored_samples(args, log_target, draws)
+                    samples = stored_samples(args, log_target, draws)
                 teacher = {"teacher_hidden": None, "teacher_head_weight": None,
-                           "teacher_samples": (ids, counts, probs), "teacher_entropy": entropy}  # fmt: skip
+                           "teacher_samples": tuple(samples[:4]), "teacher_entropy": samples.entropy}  # fmt: skip
                 extra["num_samples"] = num_samples(args, vocab) - teacher_ids(args, vocab)
                 if mode.endswith("exact"):
                     extra["sampled_normalizer"] = "exact"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -519,20 +520,23 @@ def linear_distillation_loss(
     kept_labels = flat_labels[keep]
     samples = entropy = None
     if teacher_samples is not None:
-        if len(teacher_samples) not in (2, 3):
-            raise ValueError("teacher_samples must be (ids, counts) or (ids, counts, probs).")
-        ids, counts, top_probs = (*teacher_samples, None)[:3]
+        if len(teacher_samples) not in (2, 3, 4):
+            raise ValueError(
+                "teacher_samples must be (ids, counts, probs, uniform_counts) (stratified_targets), (ids, counts, "
+                "probs) or (ids, counts) (draw_targets)."
+            )
+        ids, counts = teacher_samples[:2]
         shapes = [tuple(t.shape) for t in teacher_samples]
         if len(set(shapes)) != 1 or ids.shape[:-1] != labels.shape:
             raise ValueError(
                 f"teacher_samples (shapes {shapes}) must all have shape labels.shape + (D,) = "
                 f"{tuple(labels.shape)} + (D,)."
             )
-        used = counts > 0 if top_probs is None else (counts > 0) | (top_probs > 0)
+        used = (counts > 0) | (teacher_samples[2] > 0) if len(teacher_samples) == 3 else counts > 0
+        used = ids < vocab if len(teacher_samples) == 4 else used
         if bool((ids[used] >= vocab).any()) or bool((ids[used] < 0).any()):
             raise ValueError(f"teacher_samples holds ids outside the vocabulary [0, {vocab}).")
         samples = tuple(t.reshape(-1, ids.shape[-1])[keep] for t in teacher_samples)
-        samples = samples if len(samples) == 3 else (*samples, None)
         if teacher_entropy is not None:
             entropy = teacher_entropy.reshape(-1)[keep]
     teachers = _TeacherHeads(teacher_hidden, teacher_weight, teacher_bias, temperature, weights, average)
@@ -654,20 +658,21 @@ def _scatter_matmul(
 
 class _GatheredLogits(torch.autograd.Function):
     """``z[i, k] = hidden[i] . weight[ids[i, k]] + bias[ids[i, k]]`` for per-position id lists ``ids`` (``[n, K]``;
-    ids ``>= V`` are padding, computed as ``V - 1`` and given no gradient by the caller), followed by the same for ids ``shared`` by every position (``[S]``): ``[n, K + S]`` float32.
+    ids ``>= V`` are padding, computed as ``V - 1`` and given no gradient by the caller): ``[n, K]`` float32.
 
     One function for both so that the weight gets one dense gradient buffer (autograd would otherwise add up
     one ``[V, H]`` gradient per use of the weight). On CPU in float32/float64 the per-position products are
     sparse kernels over the ``[n, V]`` pattern of ``ids`` (``torch.sparse.sampled_addmm`` forward, CSR @ dense
     backward), which never copy the K selected weight rows per position: about 3x faster than gathering them
     at K ~ 1,000. Elsewhere (GPUs, half precision) the rows are gathered in chunks of positions and the weight
-    gradient is added with ``index_add_``. The shared ids are one dense matmul.
+    gradient is added with ``index_add_``.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ids, shared):
+    def forward(ctx, hidden, weight, bias, ids):
         sparse = hidden.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64)
-        sparse = sparse and hidden.dtype == weight.dtype and ids.numel() > 0
+        # (sampled_addmm fails on rows with more entries than columns: only repeats make those)
+        sparse = sparse and hidden.dtype == weight.dtype and 0 < ids.shape[1] <= weight.shape[0]
         chunk = max(1, (1 << 22) // max(1, ids.shape[1] * weight.shape[1]))  # about 16 MB of gathered rows
         with torch.no_grad():
             if sparse:
@@ -686,28 +691,22 @@ class _GatheredLogits(torch.autograd.Function):
                     rows_w = weight[ids[rows]]  # [c, K, H]
                     z = (rows_w @ hidden[rows].unsqueeze(-1)).squeeze(-1)
                     out[rows] = _upcast(z + bias[ids[rows]] if bias is not None else z)
-            if shared.numel():
-                shared_logits = _linear_logits(
-                    hidden, weight[shared], bias[shared] if bias is not None else None
-                )
-                out = torch.cat([out, shared_logits.to(out.dtype)], dim=1)
-        ctx.save_for_backward(hidden, weight, bias, ids, shared)
+        ctx.save_for_backward(hidden, weight, bias, ids)
         ctx.chunk, ctx.sparse = chunk, sparse
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, bias, ids, shared = ctx.saved_tensors
+        hidden, weight, bias, ids = ctx.saved_tensors
         if not ctx.sparse or bias is not None:
             ids = ids.clamp(max=weight.shape[0] - 1)
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_bias = bias is not None and ctx.needs_input_grad[2]
-        grad_ids, grad_shared = grad_out[:, : ids.shape[1]], grad_out[:, ids.shape[1] :]
+        grad_ids = grad_out
         grad_hidden = grad_weight = grad_bias = None
         if need_bias:
             grad_bias = torch.zeros_like(bias, dtype=torch.float32)
             grad_bias.index_add_(0, ids.reshape(-1), grad_ids.reshape(-1).float())
-            grad_bias.index_add_(0, shared, grad_shared.sum(0).float())
         if ctx.sparse:
             if need_hidden:
                 grads = _sparse_pattern(
@@ -731,17 +730,10 @@ class _GatheredLogits(torch.autograd.Function):
                 if grad_weight is not None:
                     outer = g.unsqueeze(-1) * _upcast(hidden[rows]).unsqueeze(1)  # [c, K, H]
                     grad_weight.index_add_(0, ids[rows].reshape(-1), outer.reshape(-1, outer.shape[-1]))
-        if shared.numel():
-            shared_weight = weight[shared]  # [S, H]
-            if grad_hidden is not None:
-                grad_hidden += grad_shared.to(weight.dtype) @ shared_weight
-            if grad_weight is not None:
-                grad_weight.index_add_(0, shared, grad_shared.T.to(grad_weight.dtype) @ _upcast(hidden))
         return (
             grad_hidden.to(hidden.dtype) if grad_hidden is not None else None,
             grad_weight.to(weight.dtype) if grad_weight is not None else None,
             grad_bias.to(bias.dtype) if grad_bias is not None else None,
-            None,
             None,
         )
 
@@ -749,65 +741,147 @@ class _GatheredLogits(torch.autograd.Function):
 def _distinct_draws(draws: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[n, K]`` drawn ids to ``(ids, counts)``, both ``[n, D]``: each row's distinct ids in ascending order
     with their counts, padded with id ``vocab`` and count 0 (D = the most distinct ids of any row)."""
-    sorted_ids = draws.sort(dim=1).values
+    ids, (counts,) = _merge_ids(draws, [torch.ones_like(draws, dtype=torch.float32)], vocab)
+    return ids, counts
+
+
+def _merge_ids(
+    ids: torch.Tensor, values: Sequence[torch.Tensor], vocab: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``[n, K]`` ids with repeats (``>= vocab`` = nothing) and ``[n, K]`` values per id to each row's distinct ids
+    in ascending order with the values summed per id, ``[n, D]``, padded with id ``vocab`` and 0."""
+    sorted_ids, order = ids.clamp(max=vocab).sort(dim=1)
     new = torch.ones_like(sorted_ids, dtype=torch.bool)
     new[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
     group = new.long().cumsum(1) - 1
-    width = int(group[:, -1].max()) + 1 if draws.numel() else 0
-    ids = torch.full((draws.shape[0], width), vocab, dtype=torch.long, device=draws.device)
-    ids.scatter_(1, group, sorted_ids)
-    counts = torch.zeros(draws.shape[0], width, dtype=torch.float32, device=draws.device)
-    counts.scatter_add_(1, group, torch.ones_like(sorted_ids, dtype=torch.float32))
-    return ids, counts
+    width = int(group[:, -1].max()) + 1 if ids.numel() else 0
+    out = torch.full((ids.shape[0], width), vocab, dtype=torch.long, device=ids.device)
+    out.scatter_(1, group, sorted_ids)
+    padding = out >= vocab
+    sums = []
+    for v in values:
+        total = torch.zeros(out.shape, dtype=torch.float32, device=ids.device)
+        total.scatter_add_(1, group, v.gather(1, order).float())
+        sums.append(total.masked_fill_(padding, 0.0))
+    return out, sums
+
+
+def _systematic_draws(weights: torch.Tensor, num_draws: int, generator) -> torch.Tensor:
+    """``[n, num_draws]`` ids from each row of the non-negative ``[n, V]`` ``weights`` by systematic sampling:
+    evenly spaced points, one random offset per row, on the row's cumulative weights. Id v is drawn
+    ``floor`` or ``ceil`` of ``K w_v / sum(w)`` times and exactly that in expectation: unbiased like independent
+    draws, with less variance. Overwrites ``weights`` (with their cumulative sums)."""
+    cdf = torch.cumsum(weights, dim=1, out=weights)
+    offset = 1.0 - torch.rand(
+        weights.shape[0], 1, generator=generator, device=weights.device, dtype=weights.dtype
+    )  # (0, 1]: the first point is past 0, so never an id of weight 0
+    points = torch.arange(num_draws, device=weights.device, dtype=weights.dtype) + offset
+    return torch.searchsorted(cdf, points.mul_(cdf[:, -1:] / num_draws)).clamp_(max=weights.shape[1] - 1)
+
+
+def _uniform_grid(n: int, num: int, vocab: int, generator, device) -> torch.Tensor:
+    """``[n, num]`` distinct ids per row, one from each of ``num`` equal strata of ``[0, vocab)`` at a random
+    offset per row: every id is drawn with probability ``num / vocab``, as with uniform draws."""
+    offset = torch.rand(n, 1, generator=generator, device=device, dtype=torch.float64)
+    grid = torch.arange(num, device=device, dtype=torch.float64) + offset
+    return grid.mul_(vocab / num).long().clamp_(max=vocab - 1)
 
 
 @torch.no_grad()
 def draw_targets(
     log_target: torch.Tensor, num_draws: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw ``num_draws`` ids per row from the distributions ``exp(log_target)`` (``[n, V]``), with replacement.
+    """Draw ``num_draws`` ids per row from the distributions ``exp(log_target)`` (``[n, V]``), systematically.
 
     Returns ``(ids, counts, entropy)``: the distinct ids of each row in ascending order and how often each was
     drawn (``[n, D]``, padded with id ``V`` and count 0), and each row's entropy in nats (``[n]``, exact).
-    ``counts / num_draws`` is an unbiased estimate of the distribution; what ``teacher_samples`` of
-    :func:`linear_distillation_loss` and a soft-target cache with ``storage="sampled"`` hold.
+    ``counts / num_draws`` is an unbiased estimate of the distribution (each count is the floor or the ceiling
+    of ``num_draws * p``): ``teacher_samples=(ids, counts)`` of :func:`linear_distillation_loss`.
     """
     probs = log_target.exp()
     entropy = _row_dots(probs, log_target).neg_()
-    draws = torch.multinomial(probs, num_draws, replacement=True, generator=generator)
-    ids, counts = _distinct_draws(draws, log_target.shape[-1])
+    ids, counts = _distinct_draws(_systematic_draws(probs, num_draws, generator), log_target.shape[-1])
     return ids, counts, entropy
+
+
+class TeacherSamples(NamedTuple):
+    """A teacher's distribution P at each of n positions, sampled (:func:`stratified_targets`); ``[n, D]`` each
+    but ``entropy``, ids ascending per row, padding (id ``V``, zeros) last.
+
+    * ``ids``: the top ids, the ids drawn from the rest, and the uniform ids, each once;
+    * ``counts``: how often each id was drawn from the rest (0 for a top id);
+    * ``probs``: P(id), exact, for every stored id;
+    * ``uniform_counts``: how often each id was one of the uniform ids (top ids never are);
+    * ``entropy``: ``[n]``, the entropy of P in nats, exact.
+
+    A top id is a stored id with both counts 0. :func:`linear_distillation_loss` takes
+    ``teacher_samples=(ids, counts, probs, uniform_counts)``, ``teacher_entropy=entropy`` and, as
+    ``num_samples``, the number of uniform ids per position they were drawn with.
+    """
+
+    ids: torch.Tensor
+    counts: torch.Tensor
+    probs: torch.Tensor
+    uniform_counts: torch.Tensor
+    entropy: torch.Tensor
 
 
 @torch.no_grad()
 def stratified_targets(
-    log_target: torch.Tensor, num_top: int, num_draws: int, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``num_top`` most likely ids of each row of ``exp(log_target)`` (``[n, V]``) with their exact
-    probabilities, and ``num_draws`` draws (with replacement) from the rest of the distribution.
+    log_target: torch.Tensor,
+    num_top: int,
+    num_draws: int,
+    generator: torch.Generator | None = None,
+    *,
+    num_uniform: int = 0,
+) -> TeacherSamples:
+    """What the sampled KD loss needs of the distributions ``exp(log_target)`` (``[n, V]``), per row: the
+    ``num_top`` most likely ids, ``num_draws`` systematic draws from the rest of the distribution (without the
+    top ids), and ``num_uniform`` ids drawn uniformly (one per stratum of the vocabulary), all with their exact
+    probabilities: see :class:`TeacherSamples`.
 
-    Returns ``(ids, counts, probs, entropy)``, ``[n, D]`` each but the entropy (``[n]``, nats, exact): the top
-    ids have count 0 and their probability; the drawn ids (distinct, none of them a top id) their count and
-    probability 0; padding is id ``V`` with count and probability 0. ``probs + (1 - sum(top probs)) *
-    counts / num_draws`` is an unbiased estimate of the distribution, with the variance of the rest only:
-    what ``teacher_samples=(ids, counts, probs)`` of :func:`linear_distillation_loss` and a token-level
-    soft-target cache hold.
+    ``top probs + rest * counts / num_draws`` (``rest`` = 1 - the top ids' mass) is an unbiased estimate of the
+    distribution with the variance of the rest only. The uniform ids are what the student's normaliser is
+    importance-sampled from besides the draws (docs/large_vocab.md); a uniform id that is a top id is dropped
+    (top ids are summed exactly).
     """
-    vocab = log_target.shape[-1]
+    n, vocab = log_target.shape
+    num_top = min(num_top, vocab)
     probs = log_target.exp()
     entropy = _row_dots(probs, log_target).neg_()
-    top_p, top_ids = probs.topk(num_top, dim=-1)
-    probs.scatter_(1, top_ids, 0.0)
-    probs[probs.sum(-1) <= 0] = 1.0  # no mass left to draw from: the rest's weight is 0 anyway
-    drawn, counts = _distinct_draws(
-        torch.multinomial(probs, num_draws, replacement=True, generator=generator), vocab
-    )
+    top_ids = probs.topk(num_top, dim=-1).indices
+    parts, kinds = [top_ids], [torch.zeros_like(top_ids)]
+    if num_draws:
+        probs.scatter_(1, top_ids, 0.0)
+        empty = probs.sum(-1) <= 0
+        probs[empty] = 1.0  # no mass left to draw from: these rows' draws are dropped below
+        drawn = _systematic_draws(probs, num_draws, generator).masked_fill_(empty[:, None], vocab)
+        parts.append(drawn)
+        kinds.append(torch.ones_like(drawn))
     del probs
-    # Ascending ids, padding last: the layout the loss reads without copying.
-    ids, order = torch.cat([top_ids, drawn], dim=1).sort(dim=1)
-    counts = torch.cat([torch.zeros_like(top_p), counts], dim=1).gather(1, order)
-    top_probs = torch.cat([top_p, torch.zeros_like(drawn, dtype=top_p.dtype)], dim=1).gather(1, order)
-    return ids, counts, top_probs, entropy
+    if num_uniform:
+        uniform = _uniform_grid(n, num_uniform, vocab, generator, log_target.device)
+        if num_top:
+            top_sorted = top_ids.sort(dim=1).values
+            where = torch.searchsorted(top_sorted, uniform).clamp_(max=num_top - 1)
+            uniform.masked_fill_(top_sorted.gather(1, where) == uniform, vocab)
+        parts.append(uniform)
+        kinds.append(torch.full_like(uniform, 2))
+    kind = torch.cat(kinds, dim=1)
+    ids, (counts, uniform_counts) = _merge_ids(torch.cat(parts, dim=1), [kind == 1, kind == 2], vocab)
+    probs = log_target.gather(1, ids.clamp(max=vocab - 1)).exp_().masked_fill_(ids >= vocab, 0.0)
+    return TeacherSamples(ids, counts, probs, uniform_counts, entropy)
+
+
+def cat_samples(parts: Sequence[TeacherSamples], vocab: int) -> TeacherSamples:
+    """Stack :class:`TeacherSamples` of consecutive positions, padded to the widest with id ``vocab`` and 0."""
+    width = max((p.ids.shape[1] for p in parts), default=0)
+
+    def stack(field: int, value) -> torch.Tensor:
+        return torch.cat([F.pad(p[field], (0, width - p.ids.shape[1]), value=value) for p in parts])
+
+    return TeacherSamples(stack(0, vocab), stack(1, 0.0), stack(2, 0.0), stack(3, 0.0),
+                          torch.cat([p.entropy for p in parts]))  # fmt: skip
 
 
 def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -825,67 +899,36 @@ def pad_samples(
     return torch.cat(ids), torch.cat(counts)
 
 
-def _sorted_samples(
-    ids: torch.Tensor, counts: torch.Tensor, probs: torch.Tensor | None, vocab: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``teacher_samples`` in any order (count and probability 0 = padding) to ascending ids, padding
-    (id ``V``) last, as :func:`draw_targets` returns them."""
-    counts = counts.to(torch.float32)
-    probs = probs.to(torch.float32) if probs is not None else None
+def _sorted_samples(samples: Sequence[torch.Tensor], vocab: int) -> tuple[torch.Tensor, ...]:
+    """``teacher_samples`` in any order (id ``>= V`` or, without probabilities, count 0 = padding) to ascending
+    ids, padding (id ``V``) last, as :func:`draw_targets` and :func:`stratified_targets` return them."""
+    ids, *values = samples
+    values = [v.to(torch.float32) for v in values]
     ids = ids.long()
-    empty = counts <= 0 if probs is None else (counts <= 0) & (probs <= 0)
+    empty = ids >= vocab
+    if len(values) == 1:  # (ids, counts): an id with count 0 is padding
+        empty = empty | (values[0] <= 0)
+    elif len(values) == 2:  # (ids, counts, probs): count and probability 0 is padding
+        empty = empty | ((values[0] <= 0) & (values[1] <= 0))
     canonical = bool((empty == (ids >= vocab)).all()) and bool((ids[:, 1:] >= ids[:, :-1]).all())
-    if not canonical:  # as draw_targets returns them (and a sampled cache stores them): nothing to copy
+    if not canonical:  # as the sampling functions return them (and a sampled cache stores them): no copies
         ids = ids.masked_fill(empty, vocab)
         ids, order = ids.sort(dim=1)
-        counts = counts.gather(1, order)
-        probs = probs.gather(1, order) if probs is not None else None
+        values = [v.gather(1, order) for v in values]
     if bool(((ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] < vocab)).any()):
         raise ValueError(
             "teacher_samples lists an id twice at one position; give distinct ids with their counts."
         )
-    return ids, counts, probs
+    return (ids, *values)
 
 
-@torch.no_grad()
-def _stratified_teacher_samples(
-    log_target: torch.Tensor, num_top: int, num_draws: int, uniform: torch.Tensor, generator
-) -> dict[str, torch.Tensor]:
-    """One chunk of positions (``[c, V]`` log P_T) split into the teacher's ``num_top`` most likely ids, kept
-    with their exact probabilities, and ``num_draws`` draws from the rest of the distribution (distinct ids,
-    counts, their probabilities); plus P_T at the shared ``uniform`` ids and whether each is a top id."""
-    vocab = log_target.shape[-1]
-    probs = log_target.exp()
-    entropy = _row_dots(probs, log_target).neg_()
-    top_p, top_ids = probs.topk(num_top, dim=-1) if num_top else (probs[:, :0], probs[:, :0].long())
-    rest = 1.0 - top_p.sum(-1)
-    if num_draws:
-        probs.scatter_(1, top_ids, 0.0)
-        probs[rest <= 0] = 1.0  # nothing left to draw (the weight r = 0 cancels these draws)
-        draws = torch.multinomial(probs, num_draws, replacement=True, generator=generator)
-        ids, counts = _distinct_draws(draws, vocab)
-    else:
-        ids = torch.full((log_target.shape[0], 0), vocab, dtype=torch.long, device=log_target.device)
-        counts = torch.zeros(ids.shape, device=log_target.device)
-    del probs
-    top_sorted = top_ids.sort(dim=1).values
-    where = torch.searchsorted(top_sorted, uniform.expand(log_target.shape[0], -1).contiguous())
-    uniform_in_top = (
-        top_sorted.gather(1, where.clamp(max=max(num_top - 1, 0))) == uniform
-        if num_top
-        else uniform[None, :] < 0
-    )
-    return {
-        "top_ids": top_ids,
-        "top_p": top_p,
-        "rest": rest.clamp(min=0.0),
-        "ids": ids,
-        "counts": counts,
-        "p_drawn": log_target.gather(1, ids.clamp(max=vocab - 1)).exp_(),
-        "p_uniform": log_target[:, uniform].exp(),
-        "uniform_in_top": uniform_in_top,
-        "entropy": entropy,
-    }
+def _sample_plan(num_samples: int, teacher_mass: float, use_importance: bool) -> tuple[int, int, int]:
+    """Split ``num_samples`` ids per position into (top ids, draws from the rest, uniform ids)."""
+    k_teacher = max(1, round(teacher_mass * num_samples)) if use_importance else num_samples
+    k_uniform = num_samples - k_teacher
+    if use_importance and k_uniform == 0 and num_samples > 1:
+        k_teacher, k_uniform = num_samples - 1, 1
+    return k_teacher // 2, k_teacher - k_teacher // 2, k_uniform
 
 
 def _sampled_linear_kd(
@@ -894,115 +937,90 @@ def _sampled_linear_kd(
 ):  # fmt: skip
     """Sampled estimate of the KD and CE sums (see :func:`linear_distillation_loss` and docs/large_vocab.md).
 
-    Every position i gets per-position ids ``s`` with a cross-term weight ``w_is`` (so that
-    ``sum_s w_is z_is`` estimates ``sum_v P_T,i(v) z_iv`` without bias) and a normaliser log-weight
-    ``l_is`` (so that ``sum_s exp(z_is / tau + l_is)`` plus the shared uniform ids' terms estimates ``Z_i``
-    without bias); K2 uniform ids ``u_j`` are shared by the batch.
+    Every position i gets ids ``s`` with a cross-term weight ``w_is`` (so that ``sum_s w_is z_is`` estimates
+    ``sum_v P_T,i(v) z_iv`` without bias) and a normaliser log-weight ``l_is`` (so that
+    ``sum_s exp(z_is / tau + l_is)`` estimates ``Z_i`` without bias).
 
-    * From the teachers' heads (stratified): the ``M`` most likely ids of ``P_T,i`` with their exact
-      probabilities (``w = p``, ``l = 0``: summed exactly) and ``Kt`` draws from the remaining mass ``r_i``
-      (distinct ids with counts ``c``: ``w = r_i c / Kt``); the rest of ``Z_i`` is importance-sampled from
-      the draws and the uniform ids that are not top ids, weighted by the balance heuristic
-      ``1 / (Kt p / r_i + K2 / V)``.
-    * From precomputed draws (``samples``: ids, counts, K1 = sum of counts): ``w = c / K1`` and the balance
-      heuristic with ``p`` replaced by ``c / K1`` (0 for an id not drawn): ``l = log c - log(c + K2 / V)``
-      and ``-log(c_u + K2 / V)`` for a uniform id; unbiased for ``Z_i`` given the draws.
+    * :class:`TeacherSamples` (drawn here from the teachers' heads, chunk by chunk, or precomputed): the top
+      ids with ``w = p``, ``l = 0`` (summed exactly); the Kt draws from the rest mass ``r_i`` with
+      ``w = r_i c / Kt``; the rest of ``Z_i`` importance-sampled from the draws and the K2 uniform ids by the
+      balance heuristic, ``l = log(c + u) - log(Kt p / r_i + K2 / V)`` (c, u: draw and uniform counts).
+    * Precomputed ``(ids, counts[, probs])`` without the teacher's probability at every id: ``w = c / K1`` (or
+      stratified as above) and the balance heuristic with ``Kt p / r`` replaced by the counts, with K2 uniform
+      ids drawn here: unbiased for ``Z_i`` given the draws, with more variance.
     """
     n, vocab = hidden.shape[0], weight.shape[0]
-    device = hidden.device
     zero = hidden.new_zeros((), dtype=torch.float32)
     if n == 0:
         return zero, zero
     use_importance = normalizer == "importance"
-    if samples is None:
-        k_teacher = num_samples if not use_importance else max(1, round(teacher_mass * num_samples))
-        k_uniform = num_samples - k_teacher if use_importance else 0
-        if use_importance and k_uniform == 0 and num_samples > 1:
-            k_teacher, k_uniform = num_samples - 1, 1
-        num_top = k_teacher // 2
-        num_draws = k_teacher - num_top
-    else:
-        k_uniform = num_samples if use_importance else 0
-    uniform = torch.randint(0, vocab, (k_uniform,), generator=generator, device=device)
-    uniform_mass = k_uniform / vocab
-    entropy_sum = zero.clone()
-    if samples is None:
-        # 1. The teachers' targets in chunks, without gradient: exact entropy, top ids, draws from the rest.
+    if samples is None:  # the teachers' samples, in chunks of positions, without gradient
+        num_top, num_draws, num_uniform = _sample_plan(num_samples, teacher_mass, use_importance)
         parts = []
         for start in range(0, n, chunk_size):
             log_target = teachers.log_target(slice(start, start + chunk_size))
-            parts.append(_stratified_teacher_samples(log_target, num_top, num_draws, uniform, generator))
-            teachers.check_finite(parts[-1]["entropy"].sum())
-            del log_target
-        cat = {
-            key: torch.cat([part[key] for part in parts]) for key in ("top_ids", "top_p", "rest", "entropy")
-        }
-        drawn_ids, counts = pad_samples(
-            [part["ids"] for part in parts], [part["counts"] for part in parts], vocab
-        )
-        p_drawn = pad_samples(
-            [part["p_drawn"] for part in parts], [part["p_drawn"] for part in parts], vocab
-        )[1]
-        p_uniform = torch.cat([part["p_uniform"] for part in parts])
-        uniform_in_top = torch.cat([part["uniform_in_top"] for part in parts])
-        if with_kd:
-            entropy_sum = cat["entropy"].sum()
-        rest = cat["rest"][:, None]
-        ids = torch.cat([cat["top_ids"], drawn_ids], dim=1)
-        drawn = counts > 0
-        cross_weight = torch.cat([cat["top_p"], rest * counts / max(num_draws, 1)], dim=1)
-        valid = torch.cat([torch.ones_like(cat["top_p"], dtype=torch.bool), drawn], dim=1)
-        if use_importance:
-            density = num_draws * p_drawn / rest.clamp(min=1e-30) + uniform_mass  # Kt p / r + K2 / V
-            log_w = torch.cat([torch.zeros_like(cat["top_p"]), counts.log() - density.log()], dim=1)
-            log_w_uniform = torch.where(
-                uniform_in_top,
-                -math.inf,
-                -(num_draws * p_uniform / rest.clamp(min=1e-30) + uniform_mass).log(),
+            parts.append(
+                stratified_targets(log_target, num_top, num_draws, generator, num_uniform=num_uniform)
             )
+            teachers.check_finite(parts[-1].entropy.sum())
+            del log_target
+        *samples, entropy = cat_samples(parts, vocab)
     else:
-        ids, counts, top_p = _sorted_samples(*samples, vocab)
-        if entropy is not None:
-            entropy_sum = entropy.to(torch.float32).sum()
-        top_p = top_p if top_p is not None else torch.zeros_like(counts)
-        top = (counts <= 0) & (top_p > 0)  # exact top ids (stratified samples), else draws
+        num_uniform = num_samples if use_importance else 0
+    ids, counts, *known = _sorted_samples(samples, vocab)
+    entropy_sum = entropy.to(torch.float32).sum() if entropy is not None and with_kd else zero
+    valid = ids < vocab
+    if len(known) == 2:  # TeacherSamples: P_T at every id
+        probs, uniform_counts = known
+        top = valid & (counts <= 0) & (uniform_counts <= 0)
+        rest = (1.0 - torch.where(top, probs, 0.0).sum(dim=1, keepdim=True)).clamp(min=0.0)
+        num_drawn = counts.sum(dim=1, keepdim=True)
+        if use_importance and bool((uniform_counts.sum(dim=1) > num_uniform).any()):
+            raise ValueError(
+                f"teacher_samples hold more uniform ids at a position than num_samples={num_samples}; pass the "
+                "number of uniform ids per position they were drawn with."
+            )
+        cross_weight = torch.where(top, probs, rest * counts / num_drawn.clamp(min=1))
+        density = num_drawn * probs / rest.clamp(min=1e-30) + num_uniform / vocab  # Kt p / r + K2 / V
+        log_w = torch.where(top, 0.0, (counts + uniform_counts).log() - density.log())
+    else:
+        top_p = known[0] if known else torch.zeros_like(counts)
+        top = valid & (counts <= 0) & (top_p > 0)
         rest = (1.0 - top_p.sum(dim=1, keepdim=True)).clamp(min=0.0)
-        valid = (counts > 0) | top
         cross_weight = top_p + rest * counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
         if use_importance:
-            # Over the rest: the balance heuristic with P_T replaced by the draw counts (unbiased given the
-            # draws); top ids are summed exactly, so a uniform id that is one of them is left out.
-            where = torch.searchsorted(ids, uniform.expand(n, -1).contiguous()).clamp(max=ids.shape[1] - 1)
+            # The balance heuristic with P_T replaced by the draw counts (unbiased given the draws); top ids
+            # are summed exactly, so a uniform id that is one of them is left out.
+            uniform = _uniform_grid(n, num_uniform, vocab, generator, hidden.device)
+            where = torch.searchsorted(ids, uniform).clamp_(max=max(ids.shape[1] - 1, 0))
             hit = ids.gather(1, where) == uniform
-            uniform_counts = torch.where(hit, counts.gather(1, where), 0.0)
-            log_w = torch.where(top, 0.0, counts.log() - (counts + uniform_mass).log())
-            log_w_uniform = torch.where(
-                hit & top.gather(1, where), -math.inf, -(uniform_counts + uniform_mass).log()
-            )
-    # 2. Student logits at the per-position ids ([n, D]) and at the uniform ids ([n, K2], shared).
-    per_position = ids  # padding ids (vocab) are clamped inside; their logits are masked below
-    if with_ce:  # the label's logit comes with the same call (one weight gradient buffer)
-        per_position = torch.cat([per_position, labels[:, None]], dim=1)
-    shared = uniform if use_importance else uniform[:0]
-    logits = _GatheredLogits.apply(hidden, weight, bias, per_position, shared)
+            uniform = uniform.masked_fill_(hit & top.gather(1, where), vocab)
+            density = counts + num_uniform / vocab
+            log_w = torch.where(top, 0.0, counts.log() - density.log())
+            log_w_uniform = -(torch.where(hit, counts.gather(1, where), 0.0) + num_uniform / vocab).log()
+            ids = torch.cat([ids, uniform], dim=1)
+            valid = torch.cat([valid, uniform < vocab], dim=1)
+            log_w = torch.cat([log_w, log_w_uniform], dim=1)
+            cross_weight = F.pad(cross_weight, (0, num_uniform))
+    # Student logits at the ids ([n, D]; padding ids are clamped inside and masked here), and the label's logit
+    # with the same call (one weight gradient buffer).
     width = ids.shape[1]
-    sample_logits, uniform_logits = logits[:, :width], logits[:, per_position.shape[1] :]
+    per_position = torch.cat([ids, labels[:, None]], dim=1) if with_ce else ids
+    logits = _GatheredLogits.apply(hidden, weight, bias, per_position)
+    sample_logits = logits[:, :width]
 
     def log_normalizer_sum(scale: float) -> torch.Tensor:
         """sum_i log Z_i at temperature ``scale``: importance-sampled, or exact in chunks."""
         if not use_importance:
             return _ChunkedLogSumExp.apply(hidden, weight, bias, scale, chunk_size)
-        head = torch.where(valid, sample_logits / scale + log_w, -math.inf)
-        tail = uniform_logits / scale + log_w_uniform
-        return torch.logsumexp(torch.cat([head, tail], dim=1), dim=-1).sum()
+        return torch.logsumexp(torch.where(valid, sample_logits / scale + log_w, -math.inf), dim=-1).sum()
 
     kd_sum = ce_sum = zero
     if with_kd:
         cross = (cross_weight * torch.where(valid, sample_logits, 0.0)).sum() / temperature
         kd_sum = temperature**2 * (log_normalizer_sum(temperature) - cross - entropy_sum)
     if with_ce:
-        label_logits = logits[:, width]
-        ce_sum = log_normalizer_sum(1.0) - label_logits.sum()
+        ce_sum = log_normalizer_sum(1.0) - logits[:, width].sum()
     return kd_sum, ce_sum
 
 

@@ -215,8 +215,9 @@ def test_precomputed_teacher_samples_converge_to_full():
 
 
 def test_stratified_teacher_samples():
-    """stratified_targets: exact top ids plus draws from the rest give an unbiased estimate of P_T; as
-    teacher_samples the loss converges to full, and the normaliser stays unbiased given the samples."""
+    """stratified_targets: exact top ids plus systematic draws from the rest give an unbiased estimate of P_T
+    with less error than plain draws; every stored id carries its exact probability; as teacher_samples the
+    loss converges to full."""
     from hf_ckd.losses import draw_targets, stratified_targets
 
     tau, vocab = 2.0, 150
@@ -224,52 +225,91 @@ def test_stratified_teacher_samples():
     with torch.no_grad():
         logits = p["teacher_hidden"] @ p["teacher_head_weight"].T + p["teacher_head_bias"]
         log_target = torch.log_softmax(logits / tau, -1)
-    ids, counts, probs, entropy = stratified_targets(log_target, 10, 4000, torch.Generator().manual_seed(0))
-    top = (counts == 0) & (probs > 0)
-    assert torch.all(top.sum(1) == 10) and torch.all(counts.sum(1) == 4000)
-    exact_top = log_target.exp().topk(10, dim=-1).values
-    torch.testing.assert_close(probs.sort(1, descending=True).values[:, :10], exact_top)
-    rest = 1 - probs.sum(1, keepdim=True)
-    estimate = torch.zeros_like(log_target).scatter_add_(
-        1, ids.clamp(max=vocab - 1), probs + rest * counts / 4000
+    s = stratified_targets(log_target, 10, 400, torch.Generator().manual_seed(0), num_uniform=30)
+    valid = s.ids < vocab
+    top = valid & (s.counts == 0) & (s.uniform_counts == 0)
+    assert torch.all(top.sum(1) == 10) and torch.all(s.counts.sum(1) == 400)
+    assert torch.all(s.uniform_counts.sum(1) <= 30) and torch.all(s.uniform_counts <= 1)  # distinct strata
+    assert torch.all(s.ids[:, 1:] > s.ids[:, :-1] - (~valid[:, 1:]).long() * vocab)  # ascending, padding last
+    exact = log_target.exp()
+    torch.testing.assert_close(s.probs[valid], exact.gather(1, s.ids.clamp(max=vocab - 1))[valid])
+    torch.testing.assert_close(
+        torch.where(top, s.probs, 0.0).sort(1, descending=True).values[:, :10], exact.topk(10, dim=-1).values
     )
-    l1 = (estimate - log_target.exp()).abs().sum(1)
-    plain_ids, plain_counts, _ = draw_targets(log_target, 4010, torch.Generator().manual_seed(0))
-    plain = torch.zeros_like(log_target).scatter_add_(1, plain_ids.clamp(max=vocab - 1), plain_counts / 4010)
-    plain_l1 = (plain - log_target.exp()).abs().sum(1)
+    torch.testing.assert_close(s.entropy, -(exact * log_target).sum(-1))
+    rest = 1 - torch.where(top, s.probs, 0.0).sum(1, keepdim=True)
+    estimate = torch.zeros_like(log_target).scatter_add_(
+        1, s.ids.clamp(max=vocab - 1), torch.where(top, s.probs, rest * s.counts / 400)
+    )
+    l1 = (estimate - exact).abs().sum(1)
+    plain_ids, plain_counts, _ = draw_targets(log_target, 410, torch.Generator().manual_seed(0))
+    plain = torch.zeros_like(log_target).scatter_add_(1, plain_ids.clamp(max=vocab - 1), plain_counts / 410)
+    plain_l1 = (plain - exact).abs().sum(1)
     assert l1.max() < 0.2 and l1.mean() < plain_l1.mean(), (l1, plain_l1)  # the top ids carry no variance
+    # Unbiased: the mean of the estimate over seeds is P_T.
+    estimates = []
+    for seed in range(400):
+        s2 = stratified_targets(log_target, 3, 5, torch.Generator().manual_seed(seed))
+        top2 = (s2.ids < vocab) & (s2.counts == 0)
+        rest2 = 1 - torch.where(top2, s2.probs, 0.0).sum(1, keepdim=True)
+        estimates.append(
+            torch.zeros_like(log_target).scatter_add_(
+                1, s2.ids.clamp(max=vocab - 1), torch.where(top2, s2.probs, rest2 * s2.counts / 5)
+            )
+        )
+    # Systematic draws: id v's count is floor or ceil of K p_v / r, so its estimate has standard deviation
+    # r / K * sqrt(f (1 - f)), f the fractional part of K p_v / r (0 for the top ids).
+    top_p, top_ids = exact.topk(3, dim=-1)
+    rest_exact = 1 - top_p.sum(1, keepdim=True)
+    expected = (5 * exact / rest_exact).scatter_(1, top_ids, 0.0)
+    frac = expected - expected.floor()
+    stderr = rest_exact / 5 * (frac * (1 - frac)).sqrt() / math.sqrt(len(estimates))
+    z_scores = (torch.stack(estimates).mean(0) - exact).abs() / (stderr + 1e-6)
+    assert z_scores.max() < 5, z_scores.max()
     full = linear_kd_loss(**p, temperature=tau, mode="full")
     student = {k: p[k] for k in ("student_hidden", "student_head_weight", "student_head_bias", "labels")}
     loss = linear_kd_loss(
-        **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=(ids, counts, probs),
-        teacher_entropy=entropy, temperature=tau, mode="sampled", num_samples=vocab, sampled_normalizer="exact",
+        **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=tuple(s[:4]),
+        teacher_entropy=s.entropy, temperature=tau, mode="sampled", num_samples=30, sampled_normalizer="exact",
     )  # fmt: skip
     assert loss.item() == pytest.approx(full.item(), rel=0.01)
-    # The normaliser with the importance weights: unbiased given the samples (one position, 400 uniform draws).
-    one = {
-        k: (v[:1] if k != "student_head_weight" and k != "student_head_bias" else v)
-        for k, v in student.items()
-    }
-    samples = (ids[:1, :40], counts[:1, :40], probs[:1, :40])  # keep it sparse: top ids + a few draws
+
+
+def test_sampled_normaliser_is_unbiased():
+    """TeacherSamples with uniform ids: exp of the estimated log-normaliser is the exact Z = sum_v exp(z_v / tau)
+    in the mean over the samples (top ids exact, draws from the rest and uniform ids by the balance heuristic),
+    read back from the loss: KD / tau^2 = log Z_hat - cross - H, with cross and H computed by hand."""
+    from hf_ckd.losses import stratified_targets
+
+    tau, vocab = 2.0, 300
+    p = problem(n=1, vocab=vocab, ignored=())
     with torch.no_grad():
-        z = (p["student_hidden"][:1] @ p["student_head_weight"].T + p["student_head_bias"]) / tau
-    k_drawn = samples[1].sum()
-    rest1 = 1 - samples[2].sum()
-    valid = (samples[1] > 0) | (samples[2] > 0)
-    cross = (
-        (samples[2] + rest1 * samples[1] / k_drawn) * z.gather(1, samples[0].clamp(max=vocab - 1)) * valid
-    ).sum()
+        teacher_logits = p["teacher_hidden"] @ p["teacher_head_weight"].T + p["teacher_head_bias"]
+        log_target = torch.log_softmax(teacher_logits / tau, -1)
+        z = (p["student_hidden"] @ p["student_head_weight"].T + p["student_head_bias"]) / tau
+    student = {k: p[k] for k in ("student_hidden", "student_head_weight", "student_head_bias", "labels")}
     z_hats = []
     for seed in range(400):
-        value = linear_kd_loss(
-            **one, teacher_hidden=None, teacher_head_weight=None, teacher_samples=samples,
-            teacher_entropy=entropy[:1], temperature=tau, mode="sampled", num_samples=6,
-            generator=torch.Generator().manual_seed(seed),
+        s = stratified_targets(log_target, 4, 6, torch.Generator().manual_seed(seed), num_uniform=6)
+        top = (s.ids < vocab) & (s.counts == 0) & (s.uniform_counts == 0)
+        rest = 1 - torch.where(top, s.probs, 0.0).sum()
+        cross = (
+            torch.where(top, s.probs, rest * s.counts / 6) * z.gather(1, s.ids.clamp(max=vocab - 1))
+        ).sum()
+        loss = linear_kd_loss(
+            **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=tuple(s[:4]),
+            teacher_entropy=s.entropy, temperature=tau, mode="sampled", num_samples=6,
         )  # fmt: skip
-        z_hats.append(torch.exp(value.detach() / tau**2 + cross + entropy[:1].sum()))
+        z_hats.append(torch.exp(loss.detach() / tau**2 + cross + s.entropy.sum()))
     z_hats = torch.stack(z_hats)
     stderr = z_hats.std() / math.sqrt(len(z_hats))
     assert abs(z_hats.mean() - torch.exp(z).sum()) < 4 * stderr, (z_hats.mean(), torch.exp(z).sum(), stderr)
+    assert z_hats.std() > 0  # an estimate, not the exact sum
+    with pytest.raises(ValueError, match="more uniform ids at a position than num_samples=2"):
+        linear_kd_loss(
+            **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=tuple(s[:4]),
+            temperature=tau, mode="sampled", num_samples=2,
+        )  # fmt: skip
 
 
 def test_sampled_touches_only_sampled_rows():
