@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from .losses import TeacherSamples, stratified_targets
 from .teachers import TeacherEnsemble, _weight_files
 from .trajectory import Checkpoint
 
@@ -306,30 +307,37 @@ def _collate_rows(collate_fn: Callable[[list[dict]], dict]) -> Callable:
 
 
 def _encode_tokens(
-    log_target: torch.Tensor, attention_mask: torch.Tensor | None, k: int, generator: torch.Generator
+    log_target: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    k: int,
+    num_uniform: int,
+    generator: torch.Generator,
 ) -> dict[str, list]:
     """``[B, T, V]`` log-probabilities to per-example lists over the attended positions (in order): at each
-    position the teacher's ``k // 2`` most likely ids with their exact probabilities and the distinct ids of
-    ``k - k // 2`` draws from the rest with their counts (``hf_ckd.losses.stratified_targets``), and the
-    position's exact entropy."""
-    from .losses import stratified_targets
-
+    position the teacher's ``k // 2`` most likely ids, the distinct ids of ``k - k // 2`` systematic draws from
+    the rest with their counts, and ``num_uniform`` uniform ids, all with their exact probabilities, and the
+    position's exact entropy (``hf_ckd.losses.stratified_targets``)."""
     mask = (
         attention_mask.bool()
         if attention_mask is not None
         else torch.ones(log_target.shape[:2], dtype=torch.bool)
     )
-    columns: dict[str, list] = {"ids": [], "counts": [], "probs": [], "entropy": []}
+    columns: dict[str, list] = {"ids": [], "counts": [], "probs": [], "uniform_counts": [], "entropy": []}
     for b in range(log_target.shape[0]):
         positions = mask[b].to(log_target.device).nonzero().squeeze(-1)
-        ids, counts, probs, entropy = stratified_targets(
-            log_target[b, positions].cpu(), min(k // 2, log_target.shape[-1]), k - k // 2, generator
+        samples = stratified_targets(
+            log_target[b, positions].cpu(), k // 2, k - k // 2, generator, num_uniform=num_uniform
         )
-        used = (counts > 0) | (probs > 0)
-        columns["ids"].append([i[u].int().numpy() for i, u in zip(ids, used)])
-        columns["counts"].append([c[u].int().numpy() for c, u in zip(counts, used)])
-        columns["probs"].append([p[u].numpy() for p, u in zip(probs, used)])
-        columns["entropy"].append(entropy.numpy().astype(np.float32))
+        used = samples.ids < log_target.shape[-1]
+        for key, dtype in (
+            ("ids", np.int32),
+            ("counts", np.int32),
+            ("probs", np.float32),
+            ("uniform_counts", np.int8),
+        ):
+            values = getattr(samples, key)
+            columns[key].append([v[u].numpy().astype(dtype) for v, u in zip(values, used)])
+        columns["entropy"].append(samples.entropy.numpy().astype(np.float32))
     return columns
 
 
@@ -345,6 +353,7 @@ def build_soft_target_cache(
     seed: int = 0,
     storage: str = "probs",
     k: int | None = None,
+    num_uniform: int | None = None,
     dtype: str = "float16",
     batch_size: int = 256,
     num_workers: int = 0,
@@ -362,6 +371,11 @@ def build_soft_target_cache(
         temperature: tau of the targets (must equal the run's ``temperature``).
         views: augmented views per example; the student sees view ``epoch mod views``.
         storage: ``"probs"``, ``"topk"`` or ``"sampled"`` (the latter two need ``k < num_classes``).
+        k: ids per example (``topk``, ``sampled``); for a causal LM's token-level ``sampled`` storage, teacher ids
+            per position: its ``k // 2`` most likely and ``k - k // 2`` draws from the rest.
+        num_uniform: token-level ``sampled`` only: uniform ids per position, stored with the teacher's
+            probabilities, for the student's importance-sampled normaliser (default ``k // 2``: the online
+            split of ``kd_num_samples = k + k // 2``). The loss then reads exactly the samples it would draw.
         dtype: float dtype of stored probabilities (``float16`` or ``float32``).
         batch_size: examples per teacher forward.
         num_workers: ``DataLoader`` worker processes that read and transform the next batches while the
@@ -390,6 +404,10 @@ def build_soft_target_cache(
         )
     if storage == "sampled" and (k is None or not isinstance(k, int) or k < 1):
         raise CacheError(f"storage='sampled' needs k >= 1 draws per example, got {k!r}.")
+    if num_uniform is not None and (not isinstance(num_uniform, int) or num_uniform < 0):
+        raise CacheError(
+            f"num_uniform must be an integer >= 0 (uniform ids per position), got {num_uniform!r}."
+        )
     if os.path.exists(output_dir) and not overwrite:
         raise CacheError(f"Cache folder '{output_dir}' already exists; pass overwrite=True to rebuild it.")
     rank = accelerator.process_index if accelerator is not None else 0
@@ -441,7 +459,15 @@ def build_soft_target_cache(
                             f"Token-level storage='sampled' needs k >= 2 teacher ids per position (k // 2 top ids, "
                             f"the rest draws), got k={k}."
                         )
-                    encoded = _encode_tokens(log_target, batch.get("attention_mask"), k, generator)
+                    num_uniform = k // 2 if num_uniform is None else num_uniform
+                    if not isinstance(num_uniform, int) or not 0 <= num_uniform <= log_target.shape[-1]:
+                        raise CacheError(
+                            f"num_uniform must be an integer in [0, {log_target.shape[-1]}] (the vocabulary), got "
+                            f"{num_uniform!r}."
+                        )
+                    encoded = _encode_tokens(
+                        log_target, batch.get("attention_mask"), k, num_uniform, generator
+                    )
                 elif log_target.dim() == 2:
                     encoded = _encode(log_target.exp(), storage, k or 0, generator)
                 else:
@@ -475,6 +501,7 @@ def build_soft_target_cache(
                 "dtype": dtype,
                 "num_classes": num_classes,
                 "token_level": token_level,
+                "num_uniform": num_uniform if token_level else None,
                 "num_rows": len(table),
             }
             with open(os.path.join(tmp, CACHE_CONFIG_NAME), "w", encoding="utf-8") as f:
@@ -551,6 +578,11 @@ class SoftTargetCache:
         self.path = path
         self.storage, self.views = self.config["storage"], self.config["views"]
         self.num_classes = self.config["num_classes"]
+        if self.config.get("token_level") and "num_uniform" not in self.config:
+            raise CacheError(
+                f"Soft-target cache '{path}' holds token-level samples in an older layout (no uniform ids with the "
+                "teacher's probabilities); rebuild it with build_soft_target_cache(..., overwrite=True)."
+            )
         self.table = self.table.with_format("numpy")
 
     def check(self, expected: Mapping[str, Any], rebuild_hint: str = "") -> None:
@@ -573,15 +605,19 @@ class SoftTargetCache:
         """Targets per position of causal-LM examples (``storage="sampled"``), not one per example."""
         return bool(self.config.get("token_level", False))
 
+    @property
+    def num_uniform(self) -> int:
+        """Uniform ids per position in a token-level cache (the loss's ``num_samples`` for these samples)."""
+        return int(self.config.get("num_uniform") or 0)
+
     def token_samples(
         self, index: torch.Tensor, view: torch.Tensor, attention_mask: torch.Tensor | None, seq_len: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> TeacherSamples:
         """The stored teacher samples of a batch, aligned with its ``[B, T]`` positions (hidden state t, which
-        predicts token t + 1): ``(ids, counts, probs, entropy)``, ``[B, T, D]`` each but the entropy
-        (``[B, T]``): top ids with their exact probability (count 0), draws from the rest with their count
-        (probability 0), as ``hf_ckd.losses.stratified_targets`` gives them, and what
-        ``linear_distillation_loss(teacher_samples=(ids, counts, probs), teacher_entropy=...)`` takes.
-        Positions with ``attention_mask == 0`` (padding) get nothing (id ``V``, count and probability 0)."""
+        predicts token t + 1): ``hf_ckd.losses.TeacherSamples``, ``[B, T, D]`` each but the entropy (``[B, T]``),
+        as ``stratified_targets`` gives them: what ``linear_distillation_loss(teacher_samples=samples[:4],
+        teacher_entropy=samples.entropy, num_samples=cache.num_uniform)`` takes. Positions with
+        ``attention_mask == 0`` (padding) get nothing (id ``V``, zeros)."""
         if not self.token_level:
             raise CacheError(
                 f"Soft-target cache '{self.path}' holds one target per example, not per position."
@@ -617,6 +653,13 @@ class SoftTargetCache:
         flat_probs = (
             records.column("probs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
         )
+        flat_uniform = (
+            records.column("uniform_counts")
+            .combine_chunks()
+            .flatten()
+            .flatten()
+            .to_numpy(zero_copy_only=False)
+        )
 
         flat_entropy = records.column("entropy").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         b_index, t_index = mask.nonzero(as_tuple=True)  # row-major: the order the positions were stored in
@@ -630,9 +673,11 @@ class SoftTargetCache:
         counts[b_draw, t_draw, slot] = torch.tensor(flat_counts, dtype=torch.float32)
         probs = torch.zeros(batch, seq_len, width)
         probs[b_draw, t_draw, slot] = torch.tensor(flat_probs, dtype=torch.float32)
+        uniform_counts = torch.zeros(batch, seq_len, width)
+        uniform_counts[b_draw, t_draw, slot] = torch.tensor(flat_uniform, dtype=torch.float32)
         entropy = torch.zeros(batch, seq_len)
         entropy[b_index, t_index] = torch.tensor(flat_entropy, dtype=torch.float32)
-        return ids, counts, probs, entropy
+        return TeacherSamples(ids, counts, probs, uniform_counts, entropy)
 
     def log_targets(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
         """``[B, V]`` float32 log-probabilities of examples ``index`` under views ``view`` (``-inf`` where a

@@ -97,9 +97,9 @@ class CheckpointDistillConfig(TrainingArguments):
         kd_chunk_size (`int`, *optional*, defaults to `1024`):
             Positions per chunk for `kd_loss` `chunked` and `sampled`.
         kd_num_samples (`int` or `None`, *optional*, defaults to `None`):
-            Vocabulary ids sampled per position for `kd_loss=sampled` (e.g. 2 percent of the vocabulary): half
-            teacher draws, half uniform ids. With a token-level `soft_target_cache` the teacher draws come from
-            the cache and this is the number of uniform ids.
+            Vocabulary ids sampled per position for `kd_loss=sampled` (e.g. 2 percent of the vocabulary): two
+            thirds from the teacher (its most likely ids and draws from the rest), one third uniform ids. With a
+            token-level `soft_target_cache` the samples come from the cache and this is not needed.
 
         > Parameters that control the teachers' cost
 
@@ -261,8 +261,8 @@ class CheckpointDistillConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Vocabulary ids sampled per position for kd_loss=sampled (e.g. 2 percent of the vocabulary): "
-            "half teacher draws, half uniform ids. With a token-level soft_target_cache the teacher draws come from "
-            "the cache and this is the number of uniform ids."
+            "two thirds from the teacher (its most likely ids and draws from the rest), one third uniform ids. With "
+            "a token-level soft_target_cache the samples come from the cache and this is not needed."
         },
     )
     teacher_fusion: str = field(
@@ -329,7 +329,10 @@ class CheckpointDistillConfig(TrainingArguments):
             raise ValueError(f"kd_loss must be one of {KD_LOSS_MODES}, got {self.kd_loss!r}.")
         if not isinstance(self.kd_chunk_size, int) or self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size must be an integer >= 1, got {self.kd_chunk_size!r}.")
-        if self.kd_loss == "sampled" and (self.kd_num_samples is None or self.kd_num_samples < 1):
+        needs_samples = self.kd_loss == "sampled" and self.soft_target_cache is None
+        if (needs_samples or self.kd_num_samples is not None) and (
+            self.kd_num_samples is None or self.kd_num_samples < 1
+        ):
             raise ValueError(
                 f"kd_loss='sampled' needs kd_num_samples >= 1 (ids drawn per position), got {self.kd_num_samples!r}."
             )

@@ -268,7 +268,8 @@ class CheckpointDistillTrainer(Trainer):
                 f"get_output_embeddings() ({type(model).__name__} does not); use kd_loss='full'."
             )
         vocab = head.weight.shape[0]
-        if self.args.kd_loss == "sampled" and self.args.kd_num_samples > vocab:
+        sampled_online = self.args.kd_loss == "sampled" and self.args.soft_target_cache is None
+        if sampled_online and self.args.kd_num_samples > vocab:
             raise ValueError(
                 f"kd_num_samples={self.args.kd_num_samples} exceeds the vocabulary ({vocab}); use at most {vocab} "
                 f"(e.g. {max(1, vocab // 50)}, 2 percent)."
@@ -481,14 +482,14 @@ class CheckpointDistillTrainer(Trainer):
         if self.soft_targets is not None:  # the teachers' draws per position, read from the cache
             hidden = outputs.hidden_states[-1]
             index, view = self._cache_keys(inputs)
-            ids, counts, probs, entropy = self.soft_targets.token_samples(
+            samples = self.soft_targets.token_samples(
                 index, view, inputs.get("attention_mask"), hidden.shape[1]
             )
             teacher_inputs = {
                 "teacher_hidden": None,
                 "teacher_head_weight": None,
-                "teacher_samples": tuple(t.to(hidden.device) for t in (ids, counts, probs)),
-                "teacher_entropy": entropy.to(hidden.device),
+                "teacher_samples": tuple(t.to(hidden.device) for t in samples[:4]),
+                "teacher_entropy": samples.entropy.to(hidden.device),
             }
         else:
             teacher_hidden, teacher_heads, teacher_biases = self.teachers.hidden_states(inputs)
@@ -516,7 +517,9 @@ class CheckpointDistillTrainer(Trainer):
             alpha=alpha,
             mode=self.args.kd_loss,
             chunk_size=self.args.kd_chunk_size,
-            num_samples=self.args.kd_num_samples,
+            num_samples=self.soft_targets.num_uniform
+            if self.soft_targets is not None
+            else self.args.kd_num_samples,
             generator=generator,
             student_head_bias=getattr(head, "bias", None),
             weights=self.teachers.weights,

@@ -1,6 +1,7 @@
 """Soft-target cache: targets equal the online ensemble's, views replay pixel for pixel, fingerprints and
 partial builds are refused."""
 
+import json
 import os
 
 import pytest
@@ -9,6 +10,7 @@ from torchvision.transforms import v2
 
 from hf_ckd import Trajectory
 from hf_ckd.cache import (
+    CACHE_CONFIG_NAME,
     CacheError,
     ExampleTransform,
     ReplayViews,
@@ -310,9 +312,9 @@ def test_trainer_refuses_a_cache_of_another_run(probs_cache, examples, timm_teac
 
 
 def test_token_level_sampled_cache(lm_teacher, lm_data, tmp_path, monkeypatch):
-    """A causal LM's targets are cached per position as the teacher's k/2 most likely ids (exact
-    probabilities), k/2 draws from the rest (ids, counts) and the exact entropy; the student trains from them
-    with kd_loss='sampled' without loading a teacher, and its KD loss falls."""
+    """A causal LM's targets are cached per position as the teacher's k/2 most likely ids, k/2 draws from the
+    rest (ids, counts), uniform ids, all with their exact probabilities, and the exact entropy; the student
+    trains from them with kd_loss='sampled' without loading a teacher, and its KD loss falls."""
     from conftest import tiny_gpt2, trainer_args
     from transformers import default_data_collator
 
@@ -328,27 +330,37 @@ def test_token_level_sampled_cache(lm_teacher, lm_data, tmp_path, monkeypatch):
             temperature=1.0, progress=False,
         )  # fmt: skip
     assert not (tmp_path / "probs").exists()
-    k = 16  # 8 top ids of V = 16 (exact) and 8 draws from the rest
+    with pytest.raises(CacheError, match="num_uniform must be an integer >= 0"):
+        build_soft_target_cache(
+            teachers, train, str(tmp_path / "bad"), transform=SelectColumns(), collate_fn=default_data_collator,
+            temperature=1.0, storage="sampled", k=8, num_uniform=-1, progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+    k = 8  # 4 top ids of V = 16 (exact), 4 draws from the rest, and k // 2 = 4 uniform ids
     cache = build_soft_target_cache(
         teachers, train, str(tmp_path / "tokens"), transform=SelectColumns(), collate_fn=default_data_collator,
         temperature=1.0, storage="sampled", k=k, batch_size=64, progress=False,
     )  # fmt: skip
-    assert cache.token_level
+    assert cache.token_level and cache.num_uniform == k // 2
     index = torch.tensor([0, 7, 200])
     batch = default_data_collator([train[i] for i in index.tolist()])
-    ids, counts, probs, entropy = cache.token_samples(
-        index, torch.zeros(3, dtype=torch.long), None, batch["input_ids"].shape[1]
-    )
+    samples = cache.token_samples(index, torch.zeros(3, dtype=torch.long), None, batch["input_ids"].shape[1])
+    ids, counts, probs, uniform_counts, entropy = samples
     log_p = teachers.log_targets(batch, 1.0)  # [3, T, V]
+    vocab = log_p.shape[-1]
     assert torch.allclose(entropy, -(log_p.exp() * log_p).sum(-1), atol=1e-5)  # exact, stored
-    top = (counts == 0) & (probs > 0)
+    valid = ids < vocab
+    torch.testing.assert_close(probs[valid], log_p.exp().gather(2, ids.clamp(max=vocab - 1))[valid])
+    top = valid & (counts == 0) & (uniform_counts == 0)
     assert torch.all(top.sum(-1) == k // 2) and torch.all(counts.sum(-1) == k - k // 2)
-    torch.testing.assert_close(  # the top ids are the teacher's most likely, with exact probabilities
-        probs.sort(-1, descending=True).values[..., : k // 2], log_p.exp().topk(k // 2, -1).values
+    assert torch.all(uniform_counts.sum(-1) <= k // 2) and bool((uniform_counts > 0).any())
+    torch.testing.assert_close(  # the top ids are the teacher's most likely
+        torch.where(top, probs, 0.0).sort(-1, descending=True).values[..., : k // 2],
+        log_p.exp().topk(k // 2, -1).values,
     )
-    rest = 1 - probs.sum(-1, keepdim=True)
-    estimate = probs + rest * counts / (k - k // 2)
-    empirical = torch.zeros_like(log_p).scatter_add_(2, ids.clamp(max=log_p.shape[-1] - 1), estimate)
+    rest = 1 - torch.where(top, probs, 0.0).sum(-1, keepdim=True)
+    estimate = torch.where(top, probs, rest * counts / (k - k // 2))
+    empirical = torch.zeros_like(log_p).scatter_add_(2, ids.clamp(max=vocab - 1), estimate)
     tv = 0.5 * (empirical - log_p.exp()).abs().sum(-1)  # total variation per position
     assert tv.mean() < 0.05, tv.mean()  # only the rest (mass r) is sampled
     shorter = batch["attention_mask"].clone()
@@ -363,7 +375,7 @@ def test_token_level_sampled_cache(lm_teacher, lm_data, tmp_path, monkeypatch):
     monkeypatch.setattr(TeacherEnsemble, "from_trajectory", refuse)
     config = dict(
         teacher=lm_teacher, teacher_checkpoints="last", temperature=1.0, alpha=0.0, kd_loss="sampled",
-        kd_num_samples=4, soft_target_cache=cache.path, max_steps=60, save_strategy="no", logging_steps=10,
+        soft_target_cache=cache.path, max_steps=60, save_strategy="no", logging_steps=10,
         per_device_train_batch_size=32,
     )  # fmt: skip
     trainer = CheckpointDistillTrainer(
@@ -382,3 +394,10 @@ def test_token_level_sampled_cache(lm_teacher, lm_data, tmp_path, monkeypatch):
             train_dataset=ReplayViews(train, SelectColumns()),
             data_collator=default_data_collator,
         )
+    with open(os.path.join(cache.path, CACHE_CONFIG_NAME)) as f:
+        stored = json.load(f)
+    del stored["num_uniform"]  # as a cache of the previous token-level layout
+    with open(os.path.join(cache.path, CACHE_CONFIG_NAME), "w") as f:
+        json.dump(stored, f)
+    with pytest.raises(CacheError, match="older layout"):
+        SoftTargetCache(cache.path)
