@@ -435,14 +435,14 @@ def linear_distillation_loss(
       ``O(N * V)``;
     * ``"sampled"`` estimates it from about ``num_samples`` vocabulary ids per position: a share
       ``proposal_teacher_mass`` of them from the teacher (half its most likely ids, with their exact
-      probabilities, half draws from the rest of P_T^tau: an unbiased, stratified cross term), the rest
-      uniform ids shared by the batch. The student's log-normaliser sums the top ids exactly and
-      importance-samples the rest from the draws and the uniform ids (balance heuristic, unbiased for the
-      normaliser); ``sampled_normalizer="exact"`` computes it exactly in chunks instead (then all
-      ``num_samples`` are teacher ids). The teacher side is a pass over the vocabulary in chunks without
-      gradient, or, precomputed, ``teacher_samples`` (e.g. a soft-target cache with ``storage="sampled"``):
-      then no teacher is needed and ``num_samples`` is the number of uniform ids. Only the student's rows at
-      the sampled ids get gradients.
+      probabilities, half systematic draws from the rest of P_T^tau: an unbiased, stratified cross term),
+      the rest uniform ids, per position (:func:`stratified_targets`). The student's log-normaliser sums
+      the top ids exactly and importance-samples the rest from the draws and the uniform ids (balance
+      heuristic, unbiased for the normaliser); ``sampled_normalizer="exact"`` computes it exactly in chunks
+      instead (then all ``num_samples`` are teacher ids). The teacher side is a pass over the vocabulary in
+      chunks without gradient, or, precomputed, ``teacher_samples`` (e.g. a soft-target cache with
+      ``storage="sampled"``): then no teacher is needed and ``num_samples`` is the number of uniform ids per
+      position. Only the student's rows at the sampled ids get gradients.
 
     Args:
         student_hidden: ``[..., Hs]``, flattened to ``[N, Hs]`` (positions already aligned with ``labels``:
@@ -455,11 +455,13 @@ def linear_distillation_loss(
         temperature: tau > 0.
         alpha: weight of the hard-label cross-entropy (``0``: the KD term alone).
         num_items_in_batch: divide the sums by this instead of by the kept positions of this batch.
-        teacher_samples: ``mode="sampled"`` only: ``(ids, counts)`` or ``(ids, counts, probs)``, each ``[..., D]``
-            (positions as ``labels``): the distinct ids drawn from P_T^tau at each position and how often each
-            was drawn (:func:`draw_targets`), or, stratified (:func:`stratified_targets`), the teacher's top ids
-            with their exact probability (count 0) and distinct draws from the rest (probability 0); count and
-            probability 0 pad. Replaces ``teacher_hidden``/``teacher_head_weight`` (pass ``None``).
+        teacher_samples: ``mode="sampled"`` only, each ``[..., D]`` (positions as ``labels``):
+            ``(ids, counts, probs, uniform_counts)`` of :class:`TeacherSamples` (:func:`stratified_targets`; the
+            online estimator, with ``num_samples`` = the uniform ids per position they were drawn with);
+            or, without P_T at the drawn ids, ``(ids, counts)`` of :func:`draw_targets` or ``(ids, counts,
+            probs)`` with probabilities at the top ids only (count 0) and the normaliser's uniform ids drawn
+            here (more variance). Id ``V`` pads. Replaces ``teacher_hidden``/``teacher_head_weight`` (pass
+            ``None``).
         teacher_entropy: ``[...]`` the entropy of P_T^tau per position (nats), with ``teacher_samples``: it makes
             the reported value the KL; without it the value is the cross-entropy (same gradients).
 

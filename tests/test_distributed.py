@@ -55,12 +55,16 @@ def test_two_processes_agree_and_match_one_process(text_teacher, tmp_path):
     )
 
 
-def test_chunked_kd_under_ddp_equals_full(lm_teacher, tmp_path):
+def test_chunked_and_sampled_kd_under_ddp(lm_teacher, tmp_path):
     """kd_loss='chunked' (hidden states + LM heads, the head weight's gradient made outside the student's
-    forward) on two DDP processes: both ranks agree and reach the weights of kd_loss='full'."""
+    forward) on two DDP processes: both ranks agree and reach the weights of kd_loss='full'. kd_loss='sampled'
+    (each rank draws its own samples): both ranks still end on the same student (the gradients are
+    averaged), and it moved from its initialisation towards the full-KD student."""
+    from conftest import tiny_gpt2
+
     script = os.path.join(os.path.dirname(__file__), "scripts", "distill_lm_two_processes.py")
     results = {}
-    for mode in ("full", "chunked"):
+    for mode in ("full", "chunked", "sampled"):
         out = tmp_path / mode
         launch = [
             sys.executable, "-m", "accelerate.commands.launch",
@@ -78,3 +82,13 @@ def test_chunked_kd_under_ddp_equals_full(lm_teacher, tmp_path):
     for key, value in results["full"][0].items():
         assert results["chunked"][0][key].allclose(value, atol=1e-5), key
     assert results["chunked"][1] == pytest.approx(results["full"][1], rel=1e-5)
+    initial = tiny_gpt2(hidden=16, layers=1, seed=1).state_dict()
+    full, sampled = results["full"][0], results["sampled"][0]
+
+    def distance(a, b):
+        return sum(float((a[k] - b[k]).pow(2).sum()) for k in full) ** 0.5
+
+    assert distance(sampled, full) < 0.6 * distance(initial, full), (
+        distance(sampled, full),
+        distance(initial, full),
+    )

@@ -1,7 +1,7 @@
 """Distil a tiny GPT-2 student with a given kd_loss mode; run by tests/test_distributed.py under
 `accelerate launch`.
 
-Usage: distill_lm_two_processes.py TEACHER_DIR OUTPUT_DIR PER_DEVICE_BATCH KD_LOSS
+Usage: distill_lm_two_processes.py TEACHER_DIR OUTPUT_DIR PER_DEVICE_BATCH KD_LOSS (full, chunked, sampled)
 Writes OUTPUT_DIR/rank<k>.safetensors (final student weights) and OUTPUT_DIR/rank<k>.json.
 """
 
@@ -28,6 +28,7 @@ def main(teacher: str, output_dir: str, batch: int, kd_loss: str) -> None:
             alpha=0.3,
             kd_loss=kd_loss,
             kd_chunk_size=5,
+            kd_num_samples=8 if kd_loss == "sampled" else None,
             max_steps=4,
             per_device_train_batch_size=batch,
             optim="sgd",
