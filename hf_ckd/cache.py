@@ -404,9 +404,10 @@ def build_soft_target_cache(
         )
     if storage == "sampled" and (k is None or not isinstance(k, int) or k < 1):
         raise CacheError(f"storage='sampled' needs k >= 1 draws per example, got {k!r}.")
-    if num_uniform is not None and (not isinstance(num_uniform, int) or num_uniform < 0):
+    if num_uniform is not None and (not isinstance(num_uniform, int) or num_uniform < 1):
         raise CacheError(
-            f"num_uniform must be an integer >= 0 (uniform ids per position), got {num_uniform!r}."
+            f"num_uniform must be an integer >= 1 (uniform ids per position, for the student's normaliser where "
+            f"the teacher has no mass), got {num_uniform!r}."
         )
     if os.path.exists(output_dir) and not overwrite:
         raise CacheError(f"Cache folder '{output_dir}' already exists; pass overwrite=True to rebuild it.")
@@ -460,9 +461,9 @@ def build_soft_target_cache(
                             f"the rest draws), got k={k}."
                         )
                     num_uniform = k // 2 if num_uniform is None else num_uniform
-                    if not isinstance(num_uniform, int) or not 0 <= num_uniform <= log_target.shape[-1]:
+                    if not isinstance(num_uniform, int) or not 1 <= num_uniform <= log_target.shape[-1]:
                         raise CacheError(
-                            f"num_uniform must be an integer in [0, {log_target.shape[-1]}] (the vocabulary), got "
+                            f"num_uniform must be an integer in [1, {log_target.shape[-1]}] (the vocabulary), got "
                             f"{num_uniform!r}."
                         )
                     encoded = _encode_tokens(

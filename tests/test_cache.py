@@ -330,10 +330,10 @@ def test_token_level_sampled_cache(lm_teacher, lm_data, tmp_path, monkeypatch):
             temperature=1.0, progress=False,
         )  # fmt: skip
     assert not (tmp_path / "probs").exists()
-    with pytest.raises(CacheError, match="num_uniform must be an integer >= 0"):
+    with pytest.raises(CacheError, match="num_uniform must be an integer >= 1"):
         build_soft_target_cache(
             teachers, train, str(tmp_path / "bad"), transform=SelectColumns(), collate_fn=default_data_collator,
-            temperature=1.0, storage="sampled", k=8, num_uniform=-1, progress=False,
+            temperature=1.0, storage="sampled", k=8, num_uniform=0, progress=False,
         )  # fmt: skip
     assert not (tmp_path / "bad").exists()
     k = 8  # 4 top ids of V = 16 (exact), 4 draws from the rest, and k // 2 = 4 uniform ids
