@@ -197,6 +197,20 @@ class DataArguments:
         default=False,
         metadata={"help": "Train over an --output_dir that already holds a finished run."},
     )
+    cache_k: int = field(
+        default=1024,
+        metadata={
+            "help": "causal-lm with --soft_target_cache: teacher ids stored per position (k // 2 most likely, the "
+            "rest draws from the remaining mass)."
+        },
+    )
+    cache_num_uniform: int | None = field(
+        default=None,
+        metadata={
+            "help": "causal-lm with --soft_target_cache: uniform ids stored per position for the student's "
+            "normaliser. Default: cache_k // 2."
+        },
+    )
 
     def __post_init__(self):
         if not self.dataset_name and not self.dataset_path:
@@ -508,6 +522,42 @@ def prepare_causal_lm(
     )
 
 
+def cached_lm_train(train_dataset, trajectory, task: str, data_args, training_args):
+    """--soft_target_cache: the teachers' samples per position, built once (first run, on the teachers loaded
+    here and freed after) and read by every later student without a teacher; the blocks as ReplayViews."""
+    from accelerate import PartialState
+    from transformers import default_data_collator
+
+    from hf_ckd import TeacherEnsemble
+    from hf_ckd.cache import ReplayViews, SelectColumns, build_soft_target_cache
+    from hf_ckd.selection import teacher_spec
+
+    if task != "causal-lm":
+        raise ValueError(
+            "--soft_target_cache in this recipe stores a causal LM's teacher samples per position; for "
+            f"{task} run without it."
+        )
+    cache_path = training_args.soft_target_cache
+    if not os.path.isdir(cache_path):
+        teachers = TeacherEnsemble.from_trajectory(
+            trajectory,
+            teacher_spec(training_args, trajectory),
+            training_args.teacher_weights,
+            training_args.ensemble_average,
+            dtype=training_args.teacher_dtype,
+            trust_remote_code=training_args.teacher_trust_remote_code,
+            allow_unsafe_pickle=training_args.teacher_allow_unsafe_pickle,
+        )
+        build_soft_target_cache(
+            teachers, train_dataset, cache_path, transform=SelectColumns(), collate_fn=default_data_collator,
+            temperature=training_args.temperature, storage="sampled", k=data_args.cache_k,
+            num_uniform=data_args.cache_num_uniform, batch_size=training_args.per_device_eval_batch_size,
+            accelerator=PartialState(),
+        )  # fmt: skip
+        del teachers
+    return ReplayViews(train_dataset, SelectColumns())
+
+
 def build_student(model_args: ModelArguments, student_config, task: str):
     """The student: from its config (fresh weights) or pretrained, through the task's Auto class."""
     auto_class = AUTO_CLASSES[task]()
@@ -618,6 +668,9 @@ def run(
         data_args,
         training_args,
     )
+
+    if training_args.soft_target_cache is not None:
+        train_dataset = cached_lm_train(train_dataset, trajectory, task, data_args, training_args)
 
     # ---- student
     set_seed(training_args.seed)

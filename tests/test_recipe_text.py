@@ -341,6 +341,29 @@ def test_causal_lm_task_detected_from_teacher(recipe, workspace, gpt2_teacher, t
     assert "causal-lm" in ModelCard.load(out / "README.md").data["tags"]
 
 
+def test_causal_lm_with_soft_target_cache(recipe, workspace, gpt2_teacher, tmp_path, monkeypatch):
+    """--soft_target_cache for a causal LM: the first run builds the token-level cache (teacher samples per
+    position) and trains with kd_loss='sampled'; a second student trains from it without loading a teacher."""
+    import hf_ckd.teachers
+    from hf_ckd.cache import SoftTargetCache
+
+    cache = tmp_path / "lm-cache"
+    extra = dict(soft_target_cache=cache, kd_loss="sampled", cache_k=8, cache_num_uniform=4)
+    recipe.main(lm_args(workspace, gpt2_teacher, tmp_path / "first", **extra))
+    stored = SoftTargetCache(str(cache))
+    assert stored.token_level and stored.num_uniform == 4 and stored.config["k"] == 8
+    saved = json.loads((tmp_path / "first" / "all_results.json").read_text())
+    assert saved["eval_accuracy"] > 3 / workspace["vocab"], saved
+    check_lineage(tmp_path / "first", gpt2_teacher, ["checkpoint-15", "checkpoint-45"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a teacher model was loaded")
+
+    monkeypatch.setattr(hf_ckd.teachers, "load_teacher", refuse)
+    recipe.main(lm_args(workspace, gpt2_teacher, tmp_path / "second", **extra))
+    assert (tmp_path / "second" / "model.safetensors").is_file()
+
+
 def test_yaml_config_with_jsonl_dataset(recipe, workspace, bert_teacher, tmp_path):
     root, out = workspace["root"], tmp_path / "from_yaml"
     config = {
