@@ -26,7 +26,7 @@ lint: install
 DEMO_ARGS ?=
 .PHONY: demo
 demo: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) recipes/demo_digits.py --output_dir runs/demo $(DEMO_ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) experiments/demo_digits.py --output_dir runs/demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does a student trained from the soft-target cache match one trained online from the same teachers?
 
-The demo's digits task (``recipes/demo_digits.py``: a CNN teacher trajectory, an MLP student), with a
+The demo's digits task (``experiments/demo_digits.py``: a CNN teacher trajectory, an MLP student), with a
 replayable augmentation (Gaussian pixel noise drawn from torch's RNG, ``views`` views per image) so that the
 cache has something to replay. For every seed, two students with the same initialisation and batch order
 distil the same snapshot ensemble: one online (teachers run every step on the replayed view), one from a
@@ -52,7 +52,7 @@ class PixelNoise:
 
 
 def load_demo():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "demo_digits.py")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "demo_digits.py")
     spec = importlib.util.spec_from_file_location("demo_digits", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["demo_digits"] = module

@@ -2,35 +2,73 @@
 
 Distil a student from a teacher's intermediate checkpoints or a snapshot ensemble of them, with
 ``transformers.Trainer`` and ``accelerate``.
+
+The public names below are imported on first use (PEP 562, as TRL's lazy module does): ``import hf_ckd`` and
+``import hf_ckd.losses`` cost about what ``import torch`` costs, and ``transformers.Trainer`` and timm are
+imported only when the trainer or the models are used (measured by ``benchmarks/import_time.py``). The CIFAR
+architectures register with timm when :mod:`hf_ckd.models` is imported, which loading a teacher does.
 """
 
-from . import models  # noqa: F401  (registers the CIFAR architectures with timm, so saved teachers load by name)
-from .config import CheckpointDistillConfig
-from .hub import HubError, load_trajectory
-from .losses import ensemble_kd_loss, kd_loss
-from .schedules import AnchorSchedule, ProgressiveSchedule, StaticSchedule
-from .teachers import TeacherEnsemble, TeacherLoadError, TeacherOutputError, load_teacher
-from .trainer import CheckpointDistillTrainer
-from .trajectory import Checkpoint, Trajectory, TrajectoryError
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "AnchorSchedule",
-    "Checkpoint",
-    "CheckpointDistillConfig",
-    "CheckpointDistillTrainer",
-    "HubError",
-    "ProgressiveSchedule",
-    "StaticSchedule",
-    "TeacherEnsemble",
-    "TeacherLoadError",
-    "TeacherOutputError",
-    "Trajectory",
-    "TrajectoryError",
-    "__version__",
-    "ensemble_kd_loss",
-    "kd_loss",
-    "load_teacher",
-    "load_trajectory",
-]
+from ._version import __version__
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "AnchorSchedule": "schedules",
+    "CachedTargets": "sources",
+    "Checkpoint": "trajectory",
+    "CheckpointDistillConfig": "config",
+    "CheckpointDistillTrainer": "trainer",
+    "HubError": "hub",
+    "LiveTeachers": "sources",
+    "ProgressiveSchedule": "schedules",
+    "ScheduledTeachers": "sources",
+    "StaticSchedule": "schedules",
+    "TeacherEnsemble": "teachers",
+    "TeacherLoadError": "teachers",
+    "TeacherOutputError": "teachers",
+    "TeacherSamples": "losses",
+    "TeacherSource": "sources",
+    "Trajectory": "trajectory",
+    "TrajectoryError": "trajectory",
+    "build_teacher_source": "sources",
+    "ensemble_kd_loss": "losses",
+    "kd_loss": "losses",
+    "load_teacher": "teachers",
+    "load_trajectory": "hub",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from .config import CheckpointDistillConfig
+    from .hub import HubError, load_trajectory
+    from .losses import TeacherSamples, ensemble_kd_loss, kd_loss
+    from .schedules import AnchorSchedule, ProgressiveSchedule, StaticSchedule
+    from .sources import (
+        CachedTargets,
+        LiveTeachers,
+        ScheduledTeachers,
+        TeacherSource,
+        build_teacher_source,
+    )
+    from .teachers import TeacherEnsemble, TeacherLoadError, TeacherOutputError, load_teacher
+    from .trainer import CheckpointDistillTrainer
+    from .trajectory import Checkpoint, Trajectory, TrajectoryError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_ckd' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

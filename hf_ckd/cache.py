@@ -1,5 +1,5 @@
 """Soft-target cache: the teachers' ensemble targets computed once, stored as a memory-mapped ``datasets``
-Arrow table keyed by (example index, augmentation view), and replayed to the student (DESIGN.md §6).
+Arrow table keyed by (example index, augmentation view), and replayed to the student (docs/cache.md).
 
 * **Augmentation replay.** View ``v`` of example ``i`` is the training transform run with every RNG it may
   use (torch, Python ``random``, NumPy) seeded from ``(seed, i, v)``; at epoch ``e`` the student gets view
@@ -520,29 +520,6 @@ def build_soft_target_cache(
 
 
 # ---- read ------------------------------------------------------------------------------------------
-
-
-class CachedTeachers(TeacherEnsemble):
-    """The teachers a cache was built from, without their models: what the trainer records in the lineage
-    (checkpoints, weights, averaging) and checks the student against (the label space)."""
-
-    def __init__(
-        self, checkpoints: Sequence[Checkpoint], weights: Sequence[float], average: str, num_classes: int
-    ):
-        self.models, self.checkpoints, self.weights, self.average = (
-            [],
-            list(checkpoints),
-            list(weights),
-            average,
-        )
-        self.fusion, self._stacked, self._num_classes = "loop", None, num_classes
-
-    @property
-    def output_size(self) -> int | None:
-        return self._num_classes
-
-    def logits(self, inputs, step=None):
-        raise RuntimeError("Targets come from the soft-target cache; no teacher model is loaded.")
 
 
 class SoftTargetCache:

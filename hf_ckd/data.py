@@ -76,6 +76,30 @@ def get_split(dataset_dict, split: str, argument: str):
     return dataset_dict[split]
 
 
+def train_eval_splits(
+    dataset_dict, train_split: str, eval_split: str | None, validation_split_percentage: int | None, seed: int
+):
+    """``(train, eval_or_None)``: ``eval_split`` when the dataset has it, else ``validation_split_percentage``
+    percent of ``train_split`` held out (seeded); ``eval_split=None`` evaluates on nothing."""
+    train = get_split(dataset_dict, train_split, "train_split")
+    if eval_split is None:
+        return train, None
+    if eval_split in dataset_dict:
+        return train, dataset_dict[eval_split]
+    if validation_split_percentage is None:
+        raise DataError(
+            f"--eval_split '{eval_split}' is not a split of the dataset; it has {sorted(dataset_dict)}. Pass "
+            "--validation_split_percentage to hold out part of --train_split, or --eval_split none."
+        )
+    held_out = train.train_test_split(test_size=validation_split_percentage / 100, seed=seed)
+    return held_out["train"], held_out["test"]
+
+
+def first_rows(dataset, n: int | None):
+    """The first ``n`` rows of ``dataset`` (all of them when ``n`` is ``None``; ``None`` stays ``None``)."""
+    return dataset if dataset is None or n is None else dataset.select(range(min(n, len(dataset))))
+
+
 def _pick_column(dataset, requested: str | None, candidates: Sequence[str], argument: str, what: str) -> str:
     if requested:
         if requested not in dataset.column_names:

@@ -23,6 +23,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .modeling import AUTO_CLASS_NAMES, PIPELINE_TAGS, is_timm_model, pipeline_tag
 from .selection import SelectionError, load_selection
 
 logger = logging.getLogger(__name__)
@@ -38,14 +39,10 @@ CHECKPOINT_DIR_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-\d+$")
 SOURCE_WEIGHT_KEYS = ("tag", "license", "hf_hub_id", "url", "file", "source")
 # Logged eval_* entries that are timings or counters, not metrics of the model.
 NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "samples", "epoch", "step")
+# Pipeline tag -> the Auto class the card's "How to load" uses (hf_ckd.modeling's tasks, and a few more).
 AUTO_CLASSES = {
-    "text-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "image-classification": "AutoModelForImageClassification",
-    "text-generation": "AutoModelForCausalLM",
-    "fill-mask": "AutoModelForMaskedLM",
+    **{PIPELINE_TAGS[task]: auto for task, auto in AUTO_CLASS_NAMES.items()},
     "question-answering": "AutoModelForQuestionAnswering",
-    "text2text-generation": "AutoModelForSeq2SeqLM",
     "audio-classification": "AutoModelForAudioClassification",
 }
 
@@ -54,9 +51,8 @@ AUTO_CLASSES = {
 
 
 def is_timm_student(model: Any) -> bool:
-    """Whether ``model`` is a transformers ``TimmWrapper…`` model (it holds a timm model in ``timm_model``)."""
-    config = getattr(model, "config", None)
-    return getattr(config, "model_type", None) == "timm_wrapper" and hasattr(model, "timm_model")
+    """Whether ``model`` is a transformers ``TimmWrapper…`` model (:func:`hf_ckd.modeling.is_timm_model`)."""
+    return is_timm_model(model) and hasattr(model, "timm_model")
 
 
 def is_checkpoint_folder(path: str | os.PathLike) -> bool:
@@ -231,17 +227,6 @@ def selection_summary(path: str) -> dict[str, Any]:
     }
 
 
-def infer_task(model: Any) -> str | None:
-    """The Hub pipeline task of a transformers model class (``text-classification`` ...), else ``None``."""
-    from transformers.modelcard import TASK_MAPPING
-
-    name = type(model).__name__
-    for task, mapping in TASK_MAPPING.items():
-        if name in {n for v in mapping.values() for n in ((v,) if isinstance(v, str) else v)}:
-            return task
-    return None
-
-
 def library_name(model: Any) -> str | None:
     """``timm`` for timm students, ``transformers`` for other transformers models, ``None`` otherwise."""
     if is_timm_student(model):
@@ -399,7 +384,7 @@ def build_model_card(
     lineage, args = trainer.lineage, trainer.args
     model_name = model_name or os.path.basename(os.path.normpath(args.output_dir))
     repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id or f"<user>/{model_name}"
-    task = (_listify(tasks) or [None])[0] or infer_task(model)
+    task = (_listify(tasks) or [None])[0] or pipeline_tag(model)
     library = library_name(model)
 
     # lineage["checkpoints"] lists every checkpoint that taught (all of a schedule's, not only the active set).

@@ -420,14 +420,53 @@ class TeacherEnsemble:
         (only the selected ones), after their ``config.json`` files show one architecture.
         """
         selected = trajectory.select(spec)
-        if weights is not None and len(weights) != len(selected):
-            raise ValueError(
-                f"teacher_weights has {len(weights)} values but the checkpoint spec {spec!r} selects {len(selected)} "
-                f"checkpoints ({[c.name for c in selected]}); give one weight per selected checkpoint."
+
+        def load(checkpoint: Checkpoint) -> nn.Module:
+            return load_teacher(
+                checkpoint,
+                model_init=model_init,
+                dtype=dtype,
+                device=device,
+                trust_remote_code=trust_remote_code,
+                allow_unsafe_pickle=allow_unsafe_pickle,
             )
-        checkpoints, merged_weights = cls.merge_duplicates(selected, weights)
-        if model_init is None:
-            check_same_architecture(checkpoints, trajectory.source)
+
+        return cls.from_checkpoints(
+            selected,
+            weights,
+            average,
+            load=load,
+            check_architecture=model_init is None,
+            source=trajectory.source,
+            fusion=fusion,
+        )
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        checkpoints: Sequence[Checkpoint],
+        weights: Sequence[float] | None = None,
+        average: str = "probs",
+        *,
+        load: Callable[[Checkpoint], nn.Module] = load_teacher,
+        check_architecture: bool = True,
+        source: str = "",
+        fusion: str = "loop",
+    ) -> TeacherEnsemble:
+        """Load ``checkpoints`` (repeats merged, their weights added) with ``load`` into an ensemble.
+
+        Every checkpoint is checked and loaded before this returns; one :class:`TeacherLoadError` lists every
+        checkpoint that failed. With ``check_architecture``, their ``config.json`` files must name one
+        architecture (read before any Hub weights are downloaded). ``source`` names the trajectory in errors.
+        """
+        if weights is not None and len(weights) != len(checkpoints):
+            raise ValueError(
+                f"teacher_weights has {len(weights)} values but the spec selects {len(checkpoints)} checkpoints "
+                f"({[c.name for c in checkpoints]}); give one weight per selected checkpoint."
+            )
+        checkpoints, merged_weights = cls.merge_duplicates(checkpoints, weights)
+        if check_architecture:
+            check_same_architecture(checkpoints, source)
         models, problems = [], []
         for i, checkpoint in enumerate(checkpoints):
             try:
@@ -436,27 +475,18 @@ class TeacherEnsemble:
                 problems.append(str(err))
                 continue
             try:
-                models.append(
-                    load_teacher(
-                        checkpoint,
-                        model_init=model_init,
-                        dtype=dtype,
-                        device=device,
-                        trust_remote_code=trust_remote_code,
-                        allow_unsafe_pickle=allow_unsafe_pickle,
-                    )
-                )
+                models.append(load(checkpoint))
             except TeacherLoadError as err:
                 problems.append(str(err))
         if problems:
             raise TeacherLoadError(
-                f"{len(problems)} of {len(checkpoints)} teacher checkpoints from '{trajectory.source}' cannot be used:\n- "
+                f"{len(problems)} of {len(checkpoints)} teacher checkpoints from '{source}' cannot be used:\n- "
                 + "\n- ".join(problems)
             )
         sizes = {c.name: output_size(m) for c, m in zip(checkpoints, models)}
         if len({s for s in sizes.values() if s is not None}) > 1:
             raise TeacherLoadError(
-                f"The selected teacher checkpoints of '{trajectory.source}' predict over different label spaces: {sizes}."
+                f"The selected teacher checkpoints of '{source}' predict over different label spaces: {sizes}."
             )
         return cls(models, checkpoints, merged_weights, average, fusion=fusion)
 

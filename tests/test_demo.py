@@ -1,4 +1,5 @@
-"""recipes/demo_digits.py (`make demo`) end to end with its --quick settings: 1 teacher, 2 paired student seeds."""
+"""experiments/demo_digits.py (`make demo`) end to end with --quick (1 teacher, 2 paired student seeds), and the
+experiments' shared harness (experiments/_harness.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_digits.py"
+EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "demo_digits.py"
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("demo_digits", RECIPE)
+def load_experiment():
+    spec = importlib.util.spec_from_file_location("demo_digits", EXPERIMENT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
@@ -23,25 +24,25 @@ def load_recipe():
 
 
 @pytest.fixture(scope="module")
-def recipe():
-    return load_recipe()
+def experiment():
+    return load_experiment()
 
 
 @pytest.fixture(scope="module")
-def quick_run(recipe, tmp_path_factory):
+def quick_run(experiment, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("demo") / "out"
-    results = recipe.main(["--output_dir", str(output_dir), "--quick"])
+    results = experiment.main(["--output_dir", str(output_dir), "--quick"])
     return output_dir, results
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_results(quick_run, recipe):
+def test_quick_demo_writes_results(quick_run, experiment):
     output_dir, returned = quick_run
     results = json.loads((output_dir / "results.json").read_text())
     assert results["arms"] == json.loads(json.dumps(returned["arms"]))
     table = (output_dir / "results.md").read_text()
 
-    names = [a["name"] for a in recipe.parse_args(["--output_dir", "x"]).arms()]
+    names = [a["name"] for a in experiment.parse_args(["--output_dir", "x"]).arms()]
     assert names == ["labels only", "T^0.3", "T^0.5", "T^full", "snapshot 0.3+0.5+0.7", "T* (MI)"]
     assert [row["arm"] for row in results["arms"]] == names
     for row in results["arms"]:
@@ -80,20 +81,20 @@ def test_quick_demo_writes_results(quick_run, recipe):
 
 
 @pytest.mark.slow
-def test_refuses_an_output_dir_with_results(quick_run, recipe):
+def test_refuses_an_output_dir_with_results(quick_run, experiment):
     output_dir, _ = quick_run
     before = (output_dir / "results.json").read_bytes()
     with pytest.raises(FileExistsError, match=r"--output_dir.*--overwrite_output_dir"):
-        recipe.main(["--output_dir", str(output_dir), "--quick"])
+        experiment.main(["--output_dir", str(output_dir), "--quick"])
     assert (output_dir / "results.json").read_bytes() == before
 
 
 @pytest.mark.slow
-def test_paired_runs_are_deterministic(quick_run, recipe):
+def test_paired_runs_are_deterministic(quick_run, experiment):
     """The same seed and arm give the same student: arms differ only in their teacher."""
     output_dir, results = quick_run
-    args = recipe.parse_args(["--output_dir", str(output_dir), "--quick"])
-    train, test = recipe.load_digits_splits(args.train_size, args.split_seed)
+    args = experiment.parse_args(["--output_dir", str(output_dir), "--quick"])
+    train, test = experiment.load_digits_splits(args.train_size, args.split_seed)
     import torch
 
     from hf_ckd.metrics import classification_metrics
@@ -104,7 +105,7 @@ def test_paired_runs_are_deterministic(quick_run, recipe):
     threads = torch.get_num_threads()
     torch.set_num_threads(args.torch_threads)  # as in the workers
     try:
-        again = recipe.distill_student(
+        again = experiment.distill_student(
             args, arm, teacher_dir, run["student_seed"], train, test, classification_metrics()
         )
     finally:
@@ -112,16 +113,16 @@ def test_paired_runs_are_deterministic(quick_run, recipe):
     assert again == run["accuracy"]
 
 
-def test_arguments(recipe, tmp_path):
+def test_arguments(experiment, tmp_path):
     config = tmp_path / "demo.json"
     config.write_text(json.dumps({"output_dir": str(tmp_path / "o"), "quick": True, "student_seeds": 3}))
-    args = recipe.parse_args([str(config)])
+    args = experiment.parse_args([str(config)])
     assert (args.teacher_seeds, args.student_seeds) == (1, 3)  # --quick shrinks only sizes left at default
-    defaults = recipe.parse_args(["--output_dir", "o"])
+    defaults = experiment.parse_args(["--output_dir", "o"])
     assert (defaults.teacher_seeds, defaults.student_seeds, defaults.temperature) == (3, 10, 4.0)
     with pytest.raises(ValueError, match="student_seeds"):
-        recipe.parse_args(["--output_dir", "o", "--student_seeds", "1"])
-    arms = recipe.parse_args(
+        experiment.parse_args(["--output_dir", "o", "--student_seeds", "1"])
+    arms = experiment.parse_args(
         [
             "--output_dir",
             "o",
@@ -142,7 +143,7 @@ def test_help_is_fast_to_reach(tmp_path):
         "import runpy, sys\n"
         f"sys.argv = ['demo_digits.py', '--help']\n"
         "try:\n"
-        f"    runpy.run_path({str(RECIPE)!r}, run_name='__main__')\n"
+        f"    runpy.run_path({str(EXPERIMENT)!r}, run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
         "print('torch' in sys.modules)\n"
@@ -152,3 +153,36 @@ def test_help_is_fast_to_reach(tmp_path):
     )
     assert "--output_dir" in out.stdout and "--overwrite_output_dir" in out.stdout
     assert out.stdout.strip().endswith("False")
+
+
+def test_harness_paired_statistics(experiment):
+    """Paired Δ ± SE against the reference arm, per teacher seed, and the "real or noise" reading."""
+    import _harness  # on sys.path once an experiment is imported
+
+    def runs(arm, values):  # two teacher seeds x two student seeds
+        pairs = [(0, 0), (0, 1), (1, 2), (1, 3)]
+        return [
+            {"arm": arm, "teacher_seed": t, "student_seed": s, "accuracy": v}
+            for (t, s), v in zip(pairs, values)
+        ]
+
+    data = (
+        runs("ref", [0.5, 0.6, 0.7, 0.8])
+        + runs("up", [0.6, 0.7, 0.8, 0.9])
+        + runs("mixed", [0.6, 0.7, 0.6, 0.7])
+    )
+    up = _harness.paired_comparison(data, "up", "ref", [0, 1])
+    assert up["n"] == 4 and up["mean"] == pytest.approx(0.75) and up["std"] == pytest.approx(0.1291, abs=1e-4)
+    assert up["delta_mean"] == pytest.approx(0.1) and up["delta_se"] == pytest.approx(0.0, abs=1e-9)
+    assert up["delta_per_group"] == {0: pytest.approx(0.1), 1: pytest.approx(0.1)}
+    assert _harness.verdict("up", up, "ref") == "better than ref (> 2 SE)"
+    mixed = _harness.paired_comparison(data, "mixed", "ref", [0, 1])
+    assert (
+        mixed["delta_per_group"] == {0: pytest.approx(0.1), 1: pytest.approx(-0.1)} and mixed["sign_changes"]
+    )
+    assert _harness.verdict("mixed", mixed, "ref").startswith("noise")
+    assert (
+        _harness.verdict("ref", _harness.paired_comparison(data, "ref", "ref", [0, 1]), "ref") == "reference"
+    )
+    assert _harness.markdown_table(["a", "b"], [[1, "x"]]) == ["| a | b |", "|---|---|", "| 1 | x |"]
+    assert _harness.pct(-1e-15, signed=True) == "+0.00" and _harness.pct(None) == "—"

@@ -2,11 +2,20 @@
 `full` equals the logits-level loss, `sampled` is unbiased where it claims to be and converges to `full`."""
 
 import math
+import warnings
 
 import pytest
 import torch
 
-from hf_ckd.losses import ensemble_kd_loss, linear_distillation_loss, linear_kd_loss
+from hf_ckd.losses import (
+    TeacherSamples,
+    cat_samples,
+    draw_targets,
+    ensemble_kd_loss,
+    linear_distillation_loss,
+    linear_kd_loss,
+    stratified_targets,
+)
 
 
 def problem(
@@ -151,8 +160,6 @@ def test_sampled_normaliser_is_unbiased_given_the_draws():
     Z_i = sum_v exp(z_iv / tau) (balance-heuristic weights with P_T replaced by the draw counts). Read back
     from the loss:
     KD_i / tau^2 = log Z_hat_i - cross_i - H_i, with cross_i and H_i computed by hand."""
-    from hf_ckd.losses import draw_targets
-
     tau, vocab = 2.0, 300
     p = problem(n=1, vocab=vocab, ignored=())
     with torch.no_grad():
@@ -165,8 +172,8 @@ def test_sampled_normaliser_is_unbiased_given_the_draws():
     z_hats = []
     for seed in range(400):
         loss = linear_kd_loss(
-            **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=(ids, counts),
-            teacher_entropy=entropy, temperature=tau, mode="sampled", num_samples=8,
+            **student, teacher_hidden=None, teacher_head_weight=None,
+            teacher_samples=TeacherSamples(ids, counts, entropy=entropy), temperature=tau, mode="sampled", num_samples=8,
             generator=torch.Generator().manual_seed(seed),
         )  # fmt: skip
         z_hats.append(torch.exp(loss.detach() / tau**2 + cross + entropy.sum()))
@@ -180,8 +187,6 @@ def test_sampled_normaliser_is_unbiased_given_the_draws():
 def test_precomputed_teacher_samples_converge_to_full():
     """teacher_samples from draw_targets (what a sampled cache stores) with many draws: the loss and the
     student's gradients approach full KD; an explicit count layout in any order gives the same loss."""
-    from hf_ckd.losses import draw_targets
-
     tau = 2.0
     p = problem(n=20, vocab=120, ignored=(4,))
     full = linear_kd_loss(**p, temperature=tau, mode="full")
@@ -193,33 +198,37 @@ def test_precomputed_teacher_samples_converge_to_full():
     student = {k: p[k] for k in ("student_hidden", "student_head_weight", "student_head_bias", "labels")}
     kwargs = dict(
         teacher_hidden=None, teacher_head_weight=None, temperature=tau, mode="sampled", num_samples=120,
-        teacher_entropy=entropy, sampled_normalizer="exact",
+        sampled_normalizer="exact",
     )  # fmt: skip
-    loss = linear_kd_loss(**student, teacher_samples=(ids, counts), **kwargs)
+    loss = linear_kd_loss(**student, teacher_samples=TeacherSamples(ids, counts, entropy=entropy), **kwargs)
     assert loss.item() == pytest.approx(full.item(), rel=0.02)
     cosine = torch.nn.functional.cosine_similarity(
         grads(loss, p)[1].flatten(), grads(full, p)[1].flatten(), dim=0
     )
     assert cosine > 0.99, cosine
     order = torch.randperm(ids.shape[1], generator=torch.Generator().manual_seed(2))
-    shuffled = linear_kd_loss(**student, teacher_samples=(ids[:, order], counts[:, order]), **kwargs)
-    assert shuffled.item() == pytest.approx(loss.item(), rel=1e-6)
+    shuffled = TeacherSamples(ids[:, order], counts[:, order], entropy=entropy)
+    assert linear_kd_loss(**student, teacher_samples=shuffled, **kwargs).item() == pytest.approx(
+        loss.item(), rel=1e-6
+    )
     with pytest.raises(ValueError, match=r"teacher_samples .* must all have shape"):
-        linear_kd_loss(**student, teacher_samples=(ids[:5], counts[:5]), **kwargs)
+        linear_kd_loss(**student, teacher_samples=TeacherSamples(ids[:5], counts[:5]), **kwargs)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        linear_kd_loss(**student, teacher_samples=(ids + 500, counts), **kwargs)
+        linear_kd_loss(**student, teacher_samples=TeacherSamples(ids + 500, counts), **kwargs)
     with pytest.raises(ValueError, match="not both"):
-        linear_kd_loss(**p, teacher_samples=(ids, counts), temperature=tau, mode="sampled", num_samples=4)
+        linear_kd_loss(
+            **p, teacher_samples=TeacherSamples(ids, counts), temperature=tau, mode="sampled", num_samples=4
+        )
     with pytest.raises(ValueError, match="teacher_samples are for mode='sampled'"):
-        linear_kd_loss(**student, **{**kwargs, "mode": "chunked"}, teacher_samples=(ids, counts))
+        linear_kd_loss(
+            **student, **{**kwargs, "mode": "chunked"}, teacher_samples=TeacherSamples(ids, counts)
+        )
 
 
 def test_stratified_teacher_samples():
     """stratified_targets: exact top ids plus systematic draws from the rest give an unbiased estimate of P_T
     with less error than plain draws; every stored id carries its exact probability; as teacher_samples the
     loss converges to full."""
-    from hf_ckd.losses import draw_targets, stratified_targets
-
     tau, vocab = 2.0, 150
     p = problem(n=12, vocab=vocab, ignored=())
     with torch.no_grad():
@@ -269,8 +278,8 @@ def test_stratified_teacher_samples():
     full = linear_kd_loss(**p, temperature=tau, mode="full")
     student = {k: p[k] for k in ("student_hidden", "student_head_weight", "student_head_bias", "labels")}
     loss = linear_kd_loss(
-        **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=tuple(s[:4]),
-        teacher_entropy=s.entropy, temperature=tau, mode="sampled", num_samples=30, sampled_normalizer="exact",
+        **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=s,
+        temperature=tau, mode="sampled", num_samples=30, sampled_normalizer="exact",
     )  # fmt: skip
     assert loss.item() == pytest.approx(full.item(), rel=0.01)
 
@@ -279,8 +288,6 @@ def test_sampled_normaliser_is_unbiased():
     """TeacherSamples with uniform ids: exp of the estimated log-normaliser is the exact Z = sum_v exp(z_v / tau)
     in the mean over the samples (top ids exact, draws from the rest and uniform ids by the balance heuristic),
     read back from the loss: KD / tau^2 = log Z_hat - cross - H, with cross and H computed by hand."""
-    from hf_ckd.losses import stratified_targets
-
     tau, vocab = 2.0, 300
     p = problem(n=1, vocab=vocab, ignored=())
     with torch.no_grad():
@@ -297,8 +304,8 @@ def test_sampled_normaliser_is_unbiased():
             torch.where(top, s.probs, rest * s.counts / 6) * z.gather(1, s.ids.clamp(max=vocab - 1))
         ).sum()
         loss = linear_kd_loss(
-            **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=tuple(s[:4]),
-            teacher_entropy=s.entropy, temperature=tau, mode="sampled", num_samples=6,
+            **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=s,
+            temperature=tau, mode="sampled", num_samples=6,
         )  # fmt: skip
         z_hats.append(torch.exp(loss.detach() / tau**2 + cross + s.entropy.sum()))
     z_hats = torch.stack(z_hats)
@@ -307,7 +314,7 @@ def test_sampled_normaliser_is_unbiased():
     assert z_hats.std() > 0  # an estimate, not the exact sum
     with pytest.raises(ValueError, match="more uniform ids at a position than num_samples=2"):
         linear_kd_loss(
-            **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=tuple(s[:4]),
+            **student, teacher_hidden=None, teacher_head_weight=None, teacher_samples=s._replace(entropy=None),
             temperature=tau, mode="sampled", num_samples=2,
         )  # fmt: skip
 
@@ -319,6 +326,115 @@ def test_sampled_touches_only_sampled_rows():
     grad_w = grads(loss, p)[1]
     touched = int((grad_w.abs().sum(1) > 0).sum())
     assert 0 < touched <= 4 * 8 + 8
+
+
+# ---- TeacherSamples: the one container for precomputed teacher samples -------------------------------
+
+
+def container_problem():
+    """A student, the teacher's tempered log-probabilities and samples of the three kinds."""
+    tau, vocab = 2.0, 150
+    p = problem(n=12, vocab=vocab, ignored=(2, 7), seed=11)
+    with torch.no_grad():
+        logits = p["teacher_hidden"] @ p["teacher_head_weight"].T + p["teacher_head_bias"]
+        log_target = torch.log_softmax(logits / tau, -1)
+    stratified = stratified_targets(log_target, 6, 30, torch.Generator().manual_seed(0), num_uniform=20)
+    ids, counts, entropy = draw_targets(log_target, 50, torch.Generator().manual_seed(3))
+    top = stratified_targets(log_target, 6, 30, torch.Generator().manual_seed(4))
+    samples = {
+        "stratified": stratified,
+        "top_probs": TeacherSamples(
+            top.ids, top.counts, torch.where(top.counts == 0, top.probs, 0.0), None, top.entropy
+        ),
+        "draws": TeacherSamples(ids, counts, entropy=entropy),
+    }
+    student = {k: p[k] for k in ("student_hidden", "student_head_weight", "student_head_bias", "labels")}
+    return student, samples
+
+
+def sampled_loss(student, **kwargs):
+    """Loss, parts and the head-weight gradient of one sampled step with a fixed generator."""
+    loss, parts = linear_distillation_loss(
+        **student, teacher_hidden=None, teacher_head_weight=None, temperature=2.0, alpha=0.3, mode="sampled",
+        num_samples=20, generator=torch.Generator().manual_seed(8), **kwargs,
+    )  # fmt: skip
+    return loss, parts, torch.autograd.grad(loss, student["student_head_weight"])[0]
+
+
+# (loss, parts["kd"], parts["ce"], |dL/dW|_1) of the tuple forms before TeacherSamples became the loss's type.
+BEFORE_THE_CONTAINER = {
+    "stratified": (3.036660671234131, 2.151446580886841, 5.102160453796387, 11.985945701599121),
+    "top_probs": (3.2684059143066406, 2.437901258468628, 5.206250190734863, 17.73734474182129),
+    "draws": (3.05804181098938, 2.1560089588165283, 5.162784576416016, 16.128475189208984),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BEFORE_THE_CONTAINER))
+def test_teacher_samples_give_the_loss_of_before(kind):
+    """Each kind of TeacherSamples gives the values the old tuples gave, and warns about nothing."""
+    student, samples = container_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        loss, parts, grad_w = sampled_loss(student, teacher_samples=samples[kind])
+    expected = BEFORE_THE_CONTAINER[kind]
+    got = (loss.item(), parts["kd"].item(), parts["ce"].item(), grad_w.abs().sum().item())
+    assert got == pytest.approx(expected, rel=1e-5), (got, expected)
+
+
+@pytest.mark.parametrize(("kind", "length"), [("stratified", 4), ("top_probs", 3), ("draws", 2)])
+def test_old_tuples_are_deprecated_and_give_identical_results(kind, length):
+    """``(ids, counts[, probs[, uniform_counts]])`` with ``teacher_entropy=`` is read as TeacherSamples: the same
+    loss, parts and gradients bit for bit, with a DeprecationWarning naming the new form."""
+    student, samples = container_problem()
+    new = sampled_loss(student, teacher_samples=samples[kind])
+    old_tuple = tuple(samples[kind][:length])
+    with pytest.warns(DeprecationWarning, match=r"teacher_samples=TeacherSamples\(ids, counts") as record:
+        old = sampled_loss(student, teacher_samples=old_tuple, teacher_entropy=samples[kind].entropy)
+    assert len(record) == 1 and f"a {length}-tuple" in str(record[0].message)
+    assert "teacher_entropy" in str(record[0].message)
+    assert record[0].filename == __file__  # points at the caller of linear_distillation_loss (stacklevel)
+    assert torch.equal(new[0], old[0]) and torch.equal(new[2], old[2])
+    assert all(torch.equal(new[1][k], old[1][k]) for k in ("ce", "kd", "num_items"))
+    # The entropy alone moves to the container too (the tuple without it reports the cross-entropy).
+    with pytest.warns(DeprecationWarning, match="teacher_entropy= is deprecated"):
+        folded = sampled_loss(student, teacher_samples=samples[kind]._replace(entropy=None),
+                              teacher_entropy=samples[kind].entropy)  # fmt: skip
+    assert torch.equal(folded[0], new[0])
+    with pytest.warns(DeprecationWarning):
+        cross_entropy = sampled_loss(student, teacher_samples=old_tuple)
+    assert cross_entropy[1]["kd"] > new[1]["kd"]  # + tau^2 H(P_T) per position: the KL needs the entropy
+    assert torch.equal(cross_entropy[2], new[2])  # same gradients
+
+
+def test_teacher_samples_bad_input():
+    student, samples = container_problem()
+    s = samples["stratified"]
+    with pytest.raises(ValueError, match="entropy twice"):
+        sampled_loss(student, teacher_samples=s, teacher_entropy=s.entropy)
+    with pytest.raises(ValueError, match=r"must be a TeacherSamples\(ids, counts, .*got a 5-tuple"):
+        sampled_loss(student, teacher_samples=tuple(s))
+    with pytest.raises(ValueError, match="got Tensor"):
+        sampled_loss(student, teacher_samples=s.ids)
+    with pytest.raises(ValueError, match="uniform_counts but no probs"):
+        sampled_loss(student, teacher_samples=s._replace(probs=None))
+    with pytest.raises(ValueError, match=r"entropy has shape \(5,\); expected one value per position"):
+        sampled_loss(student, teacher_samples=s._replace(entropy=s.entropy[:5]))
+    with pytest.raises(ValueError, match=r"teacher_samples \(shapes .*\) must all have shape"):
+        sampled_loss(student, teacher_samples=s._replace(probs=s.probs[:, :3]))
+
+
+def test_teacher_samples_to_and_cat_keep_missing_fields_missing():
+    _, samples = container_problem()
+    draws = samples["draws"]
+    moved = draws.to("cpu")
+    assert isinstance(moved, TeacherSamples) and moved.probs is None and moved.uniform_counts is None
+    assert torch.equal(moved.ids, draws.ids) and moved.ids.dtype == torch.long
+    s = samples["stratified"]
+    assert all(torch.equal(a, b) for a, b in zip(s.to(torch.device("cpu")), s))
+    both = cat_samples([draws, draws._replace(ids=draws.ids[:, :3], counts=draws.counts[:, :3])], 150)
+    assert both.probs is None and both.uniform_counts is None and both.ids.shape == (24, draws.ids.shape[1])
+    assert torch.all(both.ids[12:, 3:] == 150) and torch.all(both.counts[12:, 3:] == 0)
+    assert torch.equal(both.entropy, torch.cat([draws.entropy, draws.entropy]))
 
 
 # ---- bad input ------------------------------------------------------------------------------------

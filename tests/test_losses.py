@@ -1,6 +1,9 @@
 """The KD loss against hand computations written with plain Python loops over math.exp/log."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,7 +173,7 @@ def test_gradient_flows_to_student_only(logits):
         ({"alpha": 1.5}, "alpha"),
         ({"alpha": -0.1}, "alpha"),
         ({"weights": [1.0, 2.0]}, "3 teacher"),
-        ({"weights": [0.0, 0.0, 0.0]}, "sum to"),
+        ({"weights": [0.0, 0.0, 0.0]}, "not all zero"),
         ({"weights": [1.0, -1.0, 1.0]}, ">= 0"),
         ({"average": "median"}, "average"),
     ],
@@ -187,3 +190,35 @@ def test_shape_mismatch_and_missing_labels(logits):
         ensemble_kd_loss(student, [torch.randn(5, 7)], labels)
     with pytest.raises(ValueError, match="no labels"):
         ensemble_kd_loss(student, teachers, None, alpha=0.5)
+
+
+def test_the_package_re_exports_what_callers_import():
+    """Every name imported from hf_ckd.losses before it became a package, and the one rule per option."""
+    import hf_ckd._options as options
+    import hf_ckd.losses as losses
+
+    old_names = {
+        "AVERAGE_MODES", "KD_LOSS_MODES", "TeacherSamples", "cat_samples", "draw_targets", "ensemble_kd_loss",
+        "ensemble_log_probs", "kd_loss", "linear_distillation_loss", "linear_kd_loss", "normalize_weights",
+        "shift_for_causal_lm", "stratified_targets",
+    }  # fmt: skip
+    assert set(losses.__all__) == old_names and all(hasattr(losses, n) for n in old_names)
+    assert losses.normalize_weights is options.normalize_weights
+    assert losses.AVERAGE_MODES is options.AVERAGE_MODES and losses.KD_LOSS_MODES is options.KD_LOSS_MODES
+    assert losses.normalize_weights(torch.tensor([1.0, 3.0]), 2) == [0.25, 0.75]
+
+
+def test_the_losses_import_neither_transformers_nor_timm():
+    """hf_ckd.losses needs torch and the standard library only (hf_ckd's own __init__ left out: it imports the
+    trainer)."""
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, types\n"
+        f"package = types.ModuleType('hf_ckd'); package.__path__ = [{str(root / 'hf_ckd')!r}]\n"
+        "sys.modules['hf_ckd'] = package\n"
+        "import hf_ckd.losses\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'timm', 'datasets', 'accelerate'))\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

@@ -1,10 +1,10 @@
-"""recipes/distill_text.py end to end, offline: a word-level tokenizer, local text datasets (save_to_disk and
+"""hf_ckd.scripts.distill_text (`hf-ckd distill_text`, `python recipes/distill_text.py`) end to end, offline: a word-level tokenizer, local text datasets (save_to_disk and
 JSON lines), BERT classifier and GPT-2 causal-LM teacher trajectories trained with a plain Trainer, and
 students built from a config.json alone. Bad input stops before anything is written to output_dir."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -35,6 +35,7 @@ from transformers import (
 from hf_ckd import TeacherLoadError, TrajectoryError
 from hf_ckd.data import DataError, tokenize_for_causal_lm
 
+# The launcher kept in recipes/ (python recipes/distill_text.py ...); the recipe is hf_ckd.scripts.distill_text.
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "distill_text.py"
 
 NOUNS = ["movie", "film", "plot", "story", "actor", "scene", "music", "ending", "cast", "script"]
@@ -60,17 +61,9 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]"]
 MAX_LENGTH, BLOCK = 24, 16
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("distill_text", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe():
-    return load_recipe()
+    return importlib.import_module("hf_ckd.scripts.distill_text")
 
 
 # ---- tokenizer and data ----------------------------------------------------------------------------
@@ -410,10 +403,15 @@ def test_json_config_file(recipe, tmp_path):
     assert training_args.teacher == "t" and training_args.alpha == 0.2
 
 
-def test_help_in_a_subprocess():
+@pytest.mark.parametrize(
+    "command",
+    [[str(RECIPE)], ["-m", "hf_ckd.scripts.distill_text"], ["-m", "hf_ckd.scripts", "distill_text"]],
+    ids=["launcher", "module", "hf-ckd"],
+)
+def test_help_in_a_subprocess(command):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, str(RECIPE), "--help"], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, *command, "--help"], capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for argument in (
@@ -567,12 +565,9 @@ def test_missing_argument_and_bad_values_are_refused_by_the_parser(recipe, tmp_p
 
 
 def test_train_teacher_text_trajectory_feeds_distill_text(recipe, workspace, tmp_path):
-    """recipes/train_teacher.py (text branch) writes a trajectory that distill_text.py distils from."""
+    """hf_ckd.scripts.train_teacher (text branch) writes a trajectory that distill_text distils from."""
     root = workspace["root"]
-    spec = importlib.util.spec_from_file_location("train_teacher", str(RECIPE.parent / "train_teacher.py"))
-    train_teacher_recipe = importlib.util.module_from_spec(spec)
-    sys.modules["train_teacher"] = train_teacher_recipe
-    spec.loader.exec_module(train_teacher_recipe)
+    train_teacher_recipe = importlib.import_module("hf_ckd.scripts.train_teacher")
     teacher_dir = tmp_path / "teacher"
     metrics = train_teacher_recipe.main(
         ["--model_name", str(root / "student_bert"), "--from_scratch", "--task", "text-classification",

@@ -1,7 +1,8 @@
-"""recipes/train_teacher.py and recipes/distill_cifar100.py end to end on a tiny local dataset with
-CIFAR-100's schema (``img`` images, ``fine_label`` ClassLabel), including two CPU processes."""
+"""hf_ckd.scripts.train_teacher, select_teachers and distill_cifar100 end to end on a tiny local dataset
+with CIFAR-100's schema (``img`` images, ``fine_label`` ClassLabel), including two CPU processes launched with
+``accelerate launch -m hf_ckd.scripts.distill_cifar100``."""
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -11,15 +12,13 @@ import datasets
 import numpy as np
 import pytest
 
+# The launchers kept in recipes/ (python recipes/distill_cifar100.py ...).
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
 
 
 def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(RECIPES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    """The recipe module ``hf_ckd.scripts.<name>``."""
+    return importlib.import_module(f"hf_ckd.scripts.{name}")
 
 
 def cifar_like(n, num_classes=4, seed=0, image_feature=True):
@@ -121,7 +120,7 @@ def test_distill_cifar100_on_two_processes(cifar_teacher, cifar_dir, tmp_path):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
-        os.path.join(RECIPES, "distill_cifar100.py"), "--teacher", cifar_teacher, "--teacher_checkpoints", "0.5,last",
+        "-m", "hf_ckd.scripts.distill_cifar100", "--teacher", cifar_teacher, "--teacher_checkpoints", "0.5,last",
         "--student_model", "cifar_resnet20", "--dataset_path", cifar_dir, "--output_dir", str(out),
         "--num_train_epochs", "1", "--lr_decay_epochs", "", "--save_strategy", "no", "--eval_strategy", "no",
         "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true",

@@ -1,5 +1,5 @@
 """Teacher schedules: active() over a run, bad input, lazy teachers in the trainer, exact resume, and the
-sparse-parity sandbox (recipes/sparse_parity.py --quick)."""
+sparse-parity sandbox (experiments/sparse_parity.py --quick)."""
 
 from __future__ import annotations
 
@@ -493,7 +493,11 @@ CELL = re.compile(r"^(not reached in budget \([\d,]+ steps\)|[\d,]+ ± [\d,]+ \(
 
 @pytest.mark.slow
 def test_sparse_parity_quick_end_to_end(tmp_path):
-    recipe = load_recipe("sparse_parity")
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sparse_parity.py"
+    spec = importlib.util.spec_from_file_location("sparse_parity", path)
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(recipe)
     out = tmp_path / "sandbox"
     results = recipe.main(
         ["--output_dir", str(out), "--quick", "--tau_sweep", "2", "--sweep_arms", "one_shot"]

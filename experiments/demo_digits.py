@@ -1,6 +1,8 @@
 """Checkpoint distillation on scikit-learn's handwritten digits: the whole hf_ckd flow, offline, on CPU.
 
-The digits (1,797 8x8 images, 10 classes) ship with scikit-learn, so this runs with no network. It
+The question is the one of Wang et al. 2022, "Efficient Knowledge Distillation from Model Checkpoints"
+(arXiv:2210.06458): do intermediate checkpoints of a teacher's run teach a student as well as, or better than,
+the final one? The digits (1,797 8x8 images, 10 classes) ship with scikit-learn, so this runs with no network. It
 
 1. trains ``teacher_seeds`` small CNN teachers with a plain ``transformers.Trainer`` that keeps every
    checkpoint (the trajectory) and evaluates each one on the test split;
@@ -16,11 +18,14 @@ The digits (1,797 8x8 images, 10 classes) ship with scikit-learn, so this runs w
 Runs go to ``num_workers`` spawned processes (default 2, one torch thread each); every run seeds itself, so
 the numbers do not depend on how the runs are spread over them.
 
+The pool, the paired-seed statistics, the tables and the output files are the experiments' shared harness
+(``experiments/_harness.py``).
+
 Usage:
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python recipes/demo_digits.py --output_dir runs/demo
-    python recipes/demo_digits.py --output_dir runs/demo_quick --quick     # 1 teacher, 2 students: under a minute
-    python recipes/demo_digits.py demo.yaml                                # a lone .json/.yaml is a config file
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python experiments/demo_digits.py --output_dir runs/demo
+    python experiments/demo_digits.py --output_dir runs/demo_quick --quick   # 1 teacher, 2 students: under a minute
+    python experiments/demo_digits.py demo.yaml                              # a lone .json/.yaml is a config file
 
 ``make demo`` runs the first line. See docs/demo.md for the measured table and how to read it.
 """
@@ -28,23 +33,43 @@ Usage:
 from __future__ import annotations
 
 import gc
-import json
-import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
-from transformers import HfArgumentParser
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # the shared harness; spawned workers import this file by module name from here too
+    sys.path.append(HERE)
+
+from _harness import (  # noqa: E402
+    CPU_TRAINING_ARGS,
+    apply_quick,
+    describe_machine,
+    float_list,
+    markdown_table,
+    mean_std,
+    paired_comparison,
+    parse_dataclasses,
+    pct,
+    prepare_output_dir,
+    quiet_process,
+    require_positive,
+    run_jobs,
+    seed_everything,
+    split_list,
+    verdict,
+    worker_pool,
+    write_json,
+    write_text,
+)
 
 NUM_CLASSES = 10
 MI_SPEC = "mi"  # placeholder spec of the T* arm, replaced per teacher by the selected checkpoint
-EPS = 1e-12  # accuracies are multiples of 1/len(test): smaller differences are float round-off
+REFERENCE = "T^full"  # the arm every other arm is compared with, run for run
 QUICK_SETTINGS = {
     "teacher_seeds": 1,
     "student_seeds": 2,
@@ -153,13 +178,10 @@ class DemoArguments:
 
     def __post_init__(self):
         if self.quick:
-            defaults = DemoArguments.__dataclass_fields__
-            for name, value in QUICK_SETTINGS.items():
-                if getattr(self, name) == defaults[name].default:
-                    setattr(self, name, value)
-        for name in ("teacher_seeds", "teacher_steps", "teacher_save_steps", "batch_size", "num_workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+            apply_quick(QUICK_SETTINGS, self)
+        require_positive(
+            self, ("teacher_seeds", "teacher_steps", "teacher_save_steps", "batch_size", "num_workers")
+        )
         if self.student_seeds < 2:
             raise ValueError(
                 f"student_seeds must be >= 2 (a standard deviation needs two runs), got {self.student_seeds}."
@@ -175,12 +197,7 @@ class DemoArguments:
             )
         if not 0.0 <= self.alpha < 1.0:
             raise ValueError(f"alpha must lie in [0, 1) for the distilled arms, got {self.alpha}.")
-        try:
-            self.fractions = [float(f) for f in self.single_checkpoints.split(",") if f.strip()]
-        except ValueError:
-            raise ValueError(
-                f"single_checkpoints {self.single_checkpoints!r} is not a comma-separated list of fractions."
-            ) from None
+        self.fractions = float_list(self.single_checkpoints, "single_checkpoints", "fractions")
         if any(not 0.0 <= f < 1.0 for f in self.fractions):
             raise ValueError(
                 f"single_checkpoints must be fractions in [0, 1), got {self.single_checkpoints!r}."
@@ -190,9 +207,9 @@ class DemoArguments:
         """The arms in table order: name, checkpoint spec (None = no teacher), alpha."""
         arms = [{"name": "labels only", "spec": None, "alpha": 1.0}]
         arms += [{"name": f"T^{f:g}", "spec": f"{f:g}", "alpha": self.alpha} for f in self.fractions]
-        arms.append({"name": "T^full", "spec": "last", "alpha": self.alpha})
+        arms.append({"name": REFERENCE, "spec": "last", "alpha": self.alpha})
         if self.snapshot_ensemble.strip():
-            items = [s.strip() for s in self.snapshot_ensemble.split(",") if s.strip()]
+            items = split_list(self.snapshot_ensemble)
             arms.append({"name": "snapshot " + "+".join(items), "spec": ",".join(items), "alpha": self.alpha})
         if self.mi_selection:
             arms.append({"name": "T* (MI)", "spec": MI_SPEC, "alpha": self.alpha})
@@ -279,14 +296,7 @@ def model_classes():
 
 def common_args() -> dict:
     """TrainingArguments shared by teachers and students: CPU, quiet, no reporting."""
-    return {
-        "use_cpu": True,
-        "report_to": "none",
-        "disable_tqdm": True,
-        "log_level": "error",
-        "dataloader_num_workers": 0,
-        "per_device_eval_batch_size": 1024,
-    }
+    return {**CPU_TRAINING_ARGS, "log_level": "error", "per_device_eval_batch_size": 1024}
 
 
 def quiet(trainer):
@@ -299,7 +309,7 @@ def quiet(trainer):
 
 def train_teacher(args: DemoArguments, seed: int, output_dir: str, train, test, compute_metrics) -> None:
     """A plain ``transformers.Trainer`` run that keeps every checkpoint and evaluates each on the test split."""
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainingArguments
 
     DigitsCNN, _ = model_classes()
     if os.path.isdir(output_dir):  # this demo's own folder, left by an earlier or interrupted run
@@ -318,7 +328,7 @@ def train_teacher(args: DemoArguments, seed: int, output_dir: str, train, test, 
         logging_steps=args.teacher_save_steps,
         **common_args(),
     )  # save_total_limit stays unset: no checkpoint is deleted
-    set_seed(seed)
+    seed_everything(seed)
     trainer = Trainer(
         model=DigitsCNN(), args=targs, train_dataset=train, eval_dataset=test, compute_metrics=compute_metrics
     )
@@ -332,8 +342,6 @@ def distill_student(
     """One student run of one arm; returns its test accuracy. The same ``seed`` gives every arm the same
     initialisation and batch order. The labels-only arm goes through the same trainer with alpha=1 (the
     teacher is then never run)."""
-    from transformers import set_seed
-
     from hf_ckd import CheckpointDistillConfig, CheckpointDistillTrainer
 
     DigitsCNN, DigitsMLP = model_classes()
@@ -353,7 +361,7 @@ def distill_student(
             logging_strategy="no",
             **common_args(),
         )
-        set_seed(seed)
+        seed_everything(seed)
         student = DigitsMLP()
         trainer = CheckpointDistillTrainer(
             model=student,
@@ -390,28 +398,11 @@ def teacher_accuracy(teacher_dir: str, spec: str, average: str, test, metric) ->
 # ---- statistics and reporting -------------------------------------------------------------------------
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-    return mean, std
-
-
 def summarise(args: DemoArguments, arms: list[dict], teachers: list[dict], runs: list[dict]) -> list[dict]:
     """Per arm: student accuracy mean/std, paired difference to T^full (mean, SE, per teacher seed)."""
-    reference = {(r["teacher_seed"], r["student_seed"]): r["accuracy"] for r in runs if r["arm"] == "T^full"}
     rows = []
     for arm in arms:
-        mine = [r for r in runs if r["arm"] == arm["name"]]
-        accuracies = [r["accuracy"] for r in mine]
-        diffs = [r["accuracy"] - reference[(r["teacher_seed"], r["student_seed"])] for r in mine]
-        mean, std = mean_std(accuracies)
-        d_mean, d_std = mean_std(diffs)
-        se = d_std / math.sqrt(len(diffs))
-        per_teacher = {
-            t["seed"]: mean_std([d for d, r in zip(diffs, mine) if r["teacher_seed"] == t["seed"]])[0]
-            for t in teachers
-        }
+        c = paired_comparison(runs, arm["name"], REFERENCE, [t["seed"] for t in teachers])
         teacher_acc = [t["arm_accuracy"][arm["name"]] for t in teachers if arm["spec"] is not None]
         rows.append(
             {
@@ -420,38 +411,18 @@ def summarise(args: DemoArguments, arms: list[dict], teachers: list[dict], runs:
                 "alpha": arm["alpha"],
                 "teacher_accuracy_mean": mean_std(teacher_acc)[0] if teacher_acc else None,
                 "teacher_accuracy_std": mean_std(teacher_acc)[1] if teacher_acc else None,
-                "student_accuracy_mean": mean,
-                "student_accuracy_std": std,
-                "n": len(accuracies),
-                "delta_vs_full_mean": d_mean,
-                "delta_vs_full_se": se,
-                "delta_vs_full_per_teacher_seed": per_teacher,
-                "within_2se": abs(d_mean) <= 2 * se,
-                "sign_changes_across_teacher_seeds": (
-                    any(v > EPS for v in per_teacher.values()) and any(v < -EPS for v in per_teacher.values())
-                ),
+                "student_accuracy_mean": c["mean"],
+                "student_accuracy_std": c["std"],
+                "n": c["n"],
+                "delta_vs_full_mean": c["delta_mean"],
+                "delta_vs_full_se": c["delta_se"],
+                "delta_vs_full_per_teacher_seed": c["delta_per_group"],
+                "within_2se": c["within_2se"],
+                "sign_changes_across_teacher_seeds": c["sign_changes"],
+                "reading": verdict(arm["name"], c, REFERENCE),
             }
         )
-        rows[-1]["reading"] = reading(rows[-1])
     return rows
-
-
-def pct(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    x = 0.0 if abs(x) < EPS else x  # no "-0.00" from float round-off
-    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
-
-
-def reading(row: dict) -> str:
-    """Noise unless the paired difference is beyond 2 SE *and* has the same sign for every teacher seed."""
-    if row["arm"] == "T^full":
-        return "reference"
-    if row["within_2se"]:
-        return "noise (within 2 SE)"
-    if row["sign_changes_across_teacher_seeds"]:
-        return "noise (sign changes across teacher seeds)"
-    return "better than T^full (> 2 SE)" if row["delta_vs_full_mean"] > 0 else "worse than T^full (> 2 SE)"
 
 
 def markdown(args: DemoArguments, rows: list[dict], teachers: list[dict], meta: dict) -> str:
@@ -472,9 +443,8 @@ def markdown(args: DemoArguments, rows: list[dict], teachers: list[dict], meta: 
         "Accuracy on the test split in %. Δ vs T^full is the paired difference (same teacher, same student seed) "
         "as mean ± standard error over all runs; Δ per teacher seed shows whether its sign holds across teachers.",
         "",
-        "| arm | teacher acc. | student acc. (mean ± std) | n | Δ vs T^full (± SE) | Δ per teacher seed | reading |",
-        "|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for row in rows:
         teacher = (
             "—"
@@ -485,12 +455,12 @@ def markdown(args: DemoArguments, rows: list[dict], teachers: list[dict], meta: 
         )
         per_teacher = " / ".join(pct(v, signed=True) for v in row["delta_vs_full_per_teacher_seed"].values())
         delta = f"{pct(row['delta_vs_full_mean'], signed=True)} ± {pct(row['delta_vs_full_se'])}"
-        if row["arm"] == "T^full":
+        if row["arm"] == REFERENCE:
             delta = per_teacher = "—"
-        lines.append(
-            f"| {row['arm']} | {teacher} | {pct(row['student_accuracy_mean'])} ± {pct(row['student_accuracy_std'])} "
-            f"| {row['n']} | {delta} | {per_teacher} | {row['reading']} |"
-        )
+        student = f"{pct(row['student_accuracy_mean'])} ± {pct(row['student_accuracy_std'])}"
+        cells.append([row["arm"], teacher, student, row["n"], delta, per_teacher, row["reading"]])
+    header = ["arm", "teacher acc.", "student acc. (mean ± std)", "n", "Δ vs T^full (± SE)"]
+    lines += markdown_table([*header, "Δ per teacher seed", "reading"], cells)
     lines += [
         "",
         *(
@@ -511,17 +481,17 @@ def markdown(args: DemoArguments, rows: list[dict], teachers: list[dict], meta: 
         "",
         "## Teacher trajectory",
         "",
-        "| fraction | step | test acc. (mean ± std over teacher seeds) | per teacher seed |",
-        "|---|---|---|---|",
     ]
+    cells = []
     for i, checkpoint in enumerate(teachers[0]["checkpoints"]):
         accs = [t["checkpoints"][i]["accuracy"] for t in teachers]
         mean, std = mean_std(accs)
-        lines.append(
-            f"| {checkpoint['fraction']:.2f} | {checkpoint['step']} | {pct(mean)}"
-            + (f" ± {pct(std)}" if len(accs) > 1 else "")
-            + f" | {' / '.join(pct(a) for a in accs)} |"
+        across = pct(mean) + (f" ± {pct(std)}" if len(accs) > 1 else "")
+        cells.append(
+            [f"{checkpoint['fraction']:.2f}", checkpoint["step"], across, " / ".join(map(pct, accs))]
         )
+    header = ["fraction", "step", "test acc. (mean ± std over teacher seeds)", "per teacher seed"]
+    lines += markdown_table(header, cells)
     machine = meta["machine"]
     lines += [
         "",
@@ -533,13 +503,6 @@ def markdown(args: DemoArguments, rows: list[dict], teachers: list[dict], meta: 
     return "\n".join(lines)
 
 
-def write_atomically(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 # ---- running the runs: in worker processes or inline ----------------------------------------------------
 
 _WORKER: dict = {}  # per process: the arguments, the data and the metric
@@ -547,16 +510,9 @@ _WORKER: dict = {}  # per process: the arguments, the data and the metric
 
 def init_worker(args: DemoArguments) -> None:
     """Set up a process (a pool worker, or the main process with num_workers=1) to train teachers and students."""
-    import datasets
-    import torch
-    import transformers
-
     from hf_ckd.metrics import classification_metrics
 
-    transformers.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
+    quiet_process(args.torch_threads)
     train, test = load_digits_splits(args.train_size, args.split_seed)
     _WORKER.update(args=args, train=train, test=test, compute_metrics=classification_metrics())
     # Trainer runs gc.collect() at the start of every train(); with the libraries' objects frozen out of the
@@ -582,37 +538,6 @@ def run_task(task: dict) -> dict:
         w["compute_metrics"],
     )
     return {**task, "accuracy": accuracy}
-
-
-class InlineExecutor(Executor):
-    """Runs each submitted call at once in this process (``num_workers=1``)."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as err:
-            future.set_exception(err)
-        return future
-
-
-def make_executor(args: DemoArguments) -> Executor:
-    if args.num_workers <= 1:
-        init_worker(args)
-        return InlineExecutor()
-    import multiprocessing
-
-    # Workers are spawned (never forked from a process whose torch thread pool is running) and import this file
-    # by module name: make sure they can when it was loaded from its path (as the tests do).
-    here = os.path.dirname(os.path.abspath(__file__))
-    if __name__ != "__main__" and here not in sys.path:
-        sys.path.append(here)
-    return ProcessPoolExecutor(
-        max_workers=args.num_workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=init_worker,
-        initargs=(args,),
-    )
 
 
 def select_teacher(teacher_dir: str, train, arms: list[dict]) -> list[dict]:
@@ -669,46 +594,27 @@ def describe_teacher(
 
 
 def parse_args(argv: list[str] | None = None) -> DemoArguments:
-    parser = HfArgumentParser(DemoArguments, description=__doc__.split("\n\n")[0])
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        (args,) = parser.parse_json_file(os.path.abspath(argv[0]))
-    elif len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        (args,) = parser.parse_yaml_file(os.path.abspath(argv[0]))
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = parse_dataclasses([DemoArguments], argv, description=__doc__.split("\n\n")[0])
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the demo; returns what it writes to ``output_dir/results.json``."""
     args = parse_args(argv)
-    results_json = os.path.join(args.output_dir, "results.json")
-    if os.path.exists(results_json) and not args.overwrite_output_dir:
-        raise FileExistsError(
-            f"--output_dir {args.output_dir} already holds the results of a demo run ({results_json}). "
-            "Pass --overwrite_output_dir to replace them, or choose another --output_dir."
-        )
+    prepare_output_dir(
+        args.output_dir,
+        args.overwrite_output_dir,
+        ["results.json", "results.md"],  # never leave an earlier run's results beside a new run
+        folders=["teachers"] if args.overwrite_output_dir else [],  # an earlier run's trajectories
+        refusal=". Pass --overwrite_output_dir to replace them, or choose another --output_dir.",
+    )
     start = time.time()
 
-    import datasets
-    import torch
-    import transformers
     from tqdm.auto import tqdm
 
     from hf_ckd.metrics import load_accuracy
 
-    transformers.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-    os.makedirs(args.output_dir, exist_ok=True)
-    if args.overwrite_output_dir and os.path.isdir(os.path.join(args.output_dir, "teachers")):
-        shutil.rmtree(os.path.join(args.output_dir, "teachers"))  # an earlier run's trajectories
-    for name in ("results.json", "results.md"):  # never leave an earlier run's results beside a new run
-        if os.path.exists(os.path.join(args.output_dir, name)):
-            os.remove(os.path.join(args.output_dir, name))
-
+    quiet_process(args.torch_threads)
     train, test = load_digits_splits(args.train_size, args.split_seed)
     metric = load_accuracy()
     arms = args.arms()
@@ -732,75 +638,60 @@ def main(argv: list[str] | None = None) -> dict:
 
     teachers, runs = {}, []
     total = args.teacher_seeds * args.student_seeds * len(arms)
-    executor = make_executor(args)
-    try:
-        with tqdm(total=total, desc="student runs", unit="run", dynamic_ncols=True) as bar:
-            bar.set_postfix_str(f"training {args.teacher_seeds} teacher(s)")
-            pending = {
-                executor.submit(
-                    run_task,
-                    {
-                        "kind": "teacher",
-                        "teacher_seed": k,
-                        "teacher_dir": os.path.join(args.output_dir, "teachers", f"seed-{k}"),
-                    },
-                )
-                for k in range(args.teacher_seeds)
+    with tqdm(total=total, desc="student runs", unit="run", dynamic_ncols=True) as bar:
+
+        def collect(task: dict) -> list[dict]:
+            """A student's accuracy, or a trained teacher: select, describe, and queue its students."""
+            if task["kind"] == "student":
+                runs.append({k: task[k] for k in ("teacher_seed", "student_seed", "accuracy")})
+                runs[-1]["arm"] = task["arm"]["name"]
+                bar.update()
+                return []
+            k, teacher_dir = task["teacher_seed"], task["teacher_dir"]
+            teacher_arms = select_teacher(teacher_dir, train, arms)
+            teachers[k] = describe_teacher(args, k, teacher_dir, teacher_arms, test, metric)
+            final = teachers[k]["checkpoints"][-1]
+            tqdm.write(
+                f"teacher {k}: {len(teachers[k]['checkpoints'])} checkpoints, test accuracy "
+                f"{pct(final['accuracy'])}% at step {final['step']}"
+            )
+            bar.set_postfix_str(f"{len(teachers)}/{args.teacher_seeds} teacher(s) trained")
+            return [
+                {
+                    "kind": "student",
+                    "teacher_seed": k,
+                    "teacher_dir": teacher_dir,
+                    # distinct across teachers, shared by the arms (paired runs)
+                    "student_seed": k * args.student_seeds + j,
+                    "arm": arm,
+                }
+                for j in range(args.student_seeds)
+                for arm in teacher_arms
+            ]
+
+        bar.set_postfix_str(f"training {args.teacher_seeds} teacher(s)")
+        teacher_jobs = [
+            {
+                "kind": "teacher",
+                "teacher_seed": k,
+                "teacher_dir": os.path.join(args.output_dir, "teachers", f"seed-{k}"),
             }
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    task = future.result()
-                    if task["kind"] == "student":
-                        runs.append({k: task[k] for k in ("teacher_seed", "student_seed", "accuracy")})
-                        runs[-1]["arm"] = task["arm"]["name"]
-                        bar.update()
-                        continue
-                    k, teacher_dir = task["teacher_seed"], task["teacher_dir"]
-                    teacher_arms = select_teacher(teacher_dir, train, arms)
-                    teachers[k] = describe_teacher(args, k, teacher_dir, teacher_arms, test, metric)
-                    final = teachers[k]["checkpoints"][-1]
-                    tqdm.write(
-                        f"teacher {k}: {len(teachers[k]['checkpoints'])} checkpoints, test accuracy "
-                        f"{pct(final['accuracy'])}% at step {final['step']}"
-                    )
-                    bar.set_postfix_str(f"{len(teachers)}/{args.teacher_seeds} teacher(s) trained")
-                    for j in range(args.student_seeds):
-                        for arm in teacher_arms:
-                            student = {
-                                "kind": "student",
-                                "teacher_seed": k,
-                                "teacher_dir": teacher_dir,
-                                # distinct across teachers, shared by the arms (paired runs)
-                                "student_seed": k * args.student_seeds + j,
-                                "arm": arm,
-                            }
-                            pending.add(executor.submit(run_task, student))
-    except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
-        raise
-    executor.shutdown()
+            for k in range(args.teacher_seeds)
+        ]
+        with worker_pool(args.num_workers, init_worker, (args,)) as executor:
+            run_jobs(executor, run_task, teacher_jobs, collect)
 
     teachers = [teachers[k] for k in sorted(teachers)]
     order = {arm["name"]: i for i, arm in enumerate(arms)}
     runs.sort(key=lambda r: (r["teacher_seed"], r["student_seed"], order[r["arm"]]))
     rows = summarise(args, arms, teachers, runs)
     meta["wall_time_s"] = round(time.time() - start, 1)
-    meta["machine"] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "gpu": "none used (use_cpu=True)",
-        "workers": args.num_workers,
-        "torch_threads_per_worker": args.torch_threads if args.torch_threads > 0 else torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
+    meta["machine"] = describe_machine(args.num_workers, args.torch_threads)
     results = {"config": asdict(args), **meta, "arms": rows, "teachers": teachers, "runs": runs}
     table = markdown(args, rows, teachers, meta)
-    write_atomically(os.path.join(args.output_dir, "results.md"), table)
-    write_atomically(results_json, json.dumps(results, indent=2) + "\n")
+    results_json = os.path.join(args.output_dir, "results.json")
+    write_text(os.path.join(args.output_dir, "results.md"), table)
+    write_json(results_json, results)
     print("\n" + table)
     print(f"Wrote {results_json} and results.md.")
     return results

@@ -1,4 +1,8 @@
-"""Progressive distillation on sparse parity: seed 002's sandbox, scaled to 2 CPU cores.
+"""Progressive distillation on sparse parity: the sandbox of Panigrahi et al. 2024, scaled to 2 CPU cores.
+
+The paper, "Progressive distillation induces an implicit curriculum" (arXiv:2410.05464), finds that a student
+taught by a teacher's successive checkpoints learns sparse parity far sooner than one taught by the final
+teacher alone. This experiment repeats that comparison with hf_ckd's teacher schedules.
 
 (n, k)-sparse parity: inputs x in {-1, +1}^n, label = the product of the k bits in a hidden support S
 (class 1 when it is +1). Per seed it
@@ -22,13 +26,14 @@
 What differs from the paper's setting (100, 6)-parity, teacher width 50k, SGD batch 1, a checkpoint every
 100k steps, 20M student steps: here (100, 4)-parity, fresh batches of 64, teacher width 1,000 (a plateau of
 ~12-20k steps, then a transition of ~1.5k steps), student width 50, a checkpoint every 250 teacher steps and
-a 60k-step student budget. See docs/progressive.md for what it showed.
+a 60k-step student budget. See docs/progressive.md for what it showed. The pool, the statistics, the tables,
+the plots and the output files are the experiments' shared harness (``experiments/_harness.py``).
 
 Usage:
 
-    python recipes/sparse_parity.py --output_dir runs/sparse_parity                 # the full sandbox
-    python recipes/sparse_parity.py --output_dir runs/sparse_parity --tau_sweep 2,4  # + a temperature sweep
-    python recipes/sparse_parity.py --output_dir runs/sp_quick --quick              # under a minute
+    python experiments/sparse_parity.py --output_dir runs/sparse_parity                 # the full sandbox
+    python experiments/sparse_parity.py --output_dir runs/sparse_parity --tau_sweep 2,4  # + a temperature sweep
+    python experiments/sparse_parity.py --output_dir runs/sp_quick --quick              # under a minute
 """
 
 from __future__ import annotations
@@ -42,7 +47,28 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
-from transformers import HfArgumentParser
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # the shared harness; spawned workers import this file by module name from here too
+    sys.path.append(HERE)
+
+from _harness import (  # noqa: E402
+    CPU_TRAINING_ARGS,
+    apply_quick,
+    float_list,
+    map_jobs,
+    markdown_table,
+    mean_std,
+    parse_dataclasses,
+    prepare_output_dir,
+    pyplot,
+    quiet_process,
+    require_positive,
+    save_figure,
+    seed_everything,
+    split_list,
+    write_json,
+    write_text,
+)
 
 THRESHOLDS = (0.95, 0.99)
 EVAL_SEED, PROBE_SEED = 12345, 54321
@@ -171,16 +197,11 @@ class SandboxArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ParityArguments, SandboxArguments]:
-    from hf_ckd.cli import parse_recipe_args
-
-    parser = HfArgumentParser((ParityArguments, SandboxArguments), description=__doc__.split("\n\n")[0])
-    task, run = parse_recipe_args(parser, sys.argv[1:] if argv is None else argv)
+    task, run = parse_dataclasses(
+        [ParityArguments, SandboxArguments], argv, description=__doc__.split("\n\n")[0]
+    )
     if run.quick:
-        defaults = ParityArguments.__dataclass_fields__ | SandboxArguments.__dataclass_fields__
-        for name, value in QUICK_SETTINGS.items():
-            holder = task if hasattr(task, name) else run
-            if getattr(holder, name) == defaults[name].default:
-                setattr(holder, name, value)
+        apply_quick(QUICK_SETTINGS, task, run)
     check_args(task, run)
     return task, run
 
@@ -188,17 +209,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[ParityArguments, SandboxA
 def check_args(task: ParityArguments, run: SandboxArguments) -> None:
     positive = ("n_bits", "k", "seeds", "batch_size", "teacher_width", "teacher_steps", "teacher_save_steps")
     positive += ("student_width", "student_steps", "eval_steps", "eval_size", "probe_size")
-    for name in positive:
-        if getattr(task, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(task, name)}.")
+    require_positive(task, positive, flag="--")
     if task.k > task.n_bits:
         raise ValueError(f"--k ({task.k}) exceeds --n_bits ({task.n_bits}).")
     if task.teacher_steps < 2 * task.teacher_save_steps:
         raise ValueError("--teacher_steps must allow at least 2 checkpoints (2 x --teacher_save_steps).")
-    unknown = [a for a in arm_list(run.arms) + arm_list(run.sweep_arms) if a not in ARMS]
-    if unknown or not arm_list(run.arms):
+    unknown = [a for a in split_list(run.arms) + split_list(run.sweep_arms) if a not in ARMS]
+    if unknown or not split_list(run.arms):
         raise ValueError(f"Unknown or no arms {unknown or run.arms!r}; choose from {', '.join(ARMS)}.")
-    if "labels" in arm_list(run.sweep_arms):
+    if "labels" in split_list(run.sweep_arms):
         raise ValueError("--sweep_arms: the labels arm has no temperature; sweep KD arms only.")
     if not 0 < run.two_shot_steps < task.student_steps:
         raise ValueError(f"--two_shot_steps must lie in (0, student_steps={task.student_steps}).")
@@ -209,15 +228,9 @@ def check_args(task: ParityArguments, run: SandboxArguments) -> None:
         raise ValueError("--stop_after must be >= 0 and --num_workers >= 1.")
 
 
-def arm_list(text: str) -> list[str]:
-    return [a.strip() for a in text.split(",") if a.strip()]
-
-
 def temperatures(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"--tau_sweep {text!r} is not a comma-separated list of numbers.") from None
+    """--tau_sweep as numbers."""
+    return float_list(text, "--tau_sweep")
 
 
 # ---- task and models (built lazily so that --help does not import torch) -----------------------------
@@ -285,6 +298,7 @@ def accuracy(model, data: dict) -> float:
 
 def common_args(task: ParityArguments, output_dir: str, max_steps: int, seed: int) -> dict:
     return {
+        **CPU_TRAINING_ARGS,
         "output_dir": output_dir,
         "max_steps": max_steps,
         "per_device_train_batch_size": 1,  # the dataset yields whole batches
@@ -294,10 +308,6 @@ def common_args(task: ParityArguments, output_dir: str, max_steps: int, seed: in
         "weight_decay": 0.0,
         "max_grad_norm": 0.0,  # plain SGD, no clipping
         "logging_steps": max_steps,
-        "report_to": "none",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
         "seed": seed,
     }
 
@@ -307,7 +317,7 @@ def common_args(task: ParityArguments, output_dir: str, max_steps: int, seed: in
 
 def train_teacher(task: ParityArguments, seed: int, folder: str, overwrite: bool) -> str:
     """Train (or reuse) the teacher of ``seed``: a dense trajectory of ``checkpoint-<step>`` folders."""
-    torch, ParityMLP, ParityBatches = torch_parts()
+    _, ParityMLP, ParityBatches = torch_parts()
     from transformers import Trainer, TrainingArguments
 
     settings = {
@@ -327,7 +337,7 @@ def train_teacher(task: ParityArguments, seed: int, folder: str, overwrite: bool
             )
     if os.path.isdir(folder):
         shutil.rmtree(folder)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     model = ParityMLP(task.n_bits, task.teacher_width)
     args = TrainingArguments(
         **common_args(task, folder, task.teacher_steps, seed),
@@ -381,8 +391,7 @@ def fourier_profile(model, probe: dict, support: list[int]) -> dict:
 
 def analyse_trajectory(task: ParityArguments, folder: str, support: list[int]) -> list[dict]:
     """Accuracy and correlations of every teacher checkpoint."""
-    from hf_ckd import Trajectory
-    from hf_ckd.teachers import load_teacher
+    from hf_ckd import Trajectory, load_teacher
 
     _, ParityMLP, _ = torch_parts()
     held_out = fixed_set(task, support, task.eval_size, EVAL_SEED)
@@ -412,9 +421,9 @@ def transition_checkpoint(rows: list[dict]) -> dict:
 
 def student_specs(task: ParityArguments, run: SandboxArguments, teachers: dict[int, dict]) -> list[dict]:
     specs = []
-    sweep = [(run.temperature, arm_list(run.arms))]
+    sweep = [(run.temperature, split_list(run.arms))]
     sweep += [
-        (tau, arm_list(run.sweep_arms)) for tau in temperatures(run.tau_sweep) if tau != run.temperature
+        (tau, split_list(run.sweep_arms)) for tau in temperatures(run.tau_sweep) if tau != run.temperature
     ]
     for tau, arms in sweep:
         for arm in arms:
@@ -429,7 +438,7 @@ def student_specs(task: ParityArguments, run: SandboxArguments, teachers: dict[i
 
 def run_student(task: ParityArguments, run: SandboxArguments, spec: dict) -> dict:
     """One student run; returns its accuracy curve and the steps at which it reached each threshold."""
-    torch, ParityMLP, ParityBatches = torch_parts()
+    _, ParityMLP, ParityBatches = torch_parts()
     from transformers import TrainerCallback
 
     from hf_ckd import CheckpointDistillConfig, CheckpointDistillTrainer
@@ -472,7 +481,7 @@ def run_student(task: ParityArguments, run: SandboxArguments, spec: dict) -> dic
                 control.should_training_stop = True
 
     evaluation = HeldOutAccuracy()
-    torch.manual_seed(10_000 + seed)  # the same initialisation in every arm of a seed
+    seed_everything(10_000 + seed)  # the same initialisation in every arm of a seed
     student = ParityMLP(task.n_bits, task.student_width)
     trainer = CheckpointDistillTrainer(
         model=student,
@@ -500,33 +509,16 @@ def run_student(task: ParityArguments, run: SandboxArguments, spec: dict) -> dic
     }
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-    import transformers
-
-    torch.set_num_threads(threads)
-    transformers.logging.set_verbosity_error()
-
-
 def _run_student_job(job: tuple) -> dict:
     return run_student(*job)
 
 
 def run_students(task: ParityArguments, run: SandboxArguments, specs: list[dict]) -> list[dict]:
+    """Every student run, in the order of ``specs``. Pool workers run one torch thread each (as they always
+    have, whatever --torch_threads says); with num_workers=1 the runs share this process's threads."""
     jobs = [(task, run, spec) for spec in specs]
-    if run.num_workers <= 1:
-        return [_run_student_job(job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    here = os.path.dirname(os.path.abspath(__file__))  # spawned workers import this file by module name
-    if __name__ != "__main__" and here not in sys.path:
-        sys.path.append(here)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        run.num_workers, mp_context=context, initializer=_init_worker, initargs=(1,)
-    ) as pool:
-        return list(pool.map(_run_student_job, jobs))
+    threads = 1 if run.num_workers > 1 else run.torch_threads
+    return map_jobs(_run_student_job, jobs, run.num_workers, quiet_process, (threads,))
 
 
 # ---- report -----------------------------------------------------------------------------------------
@@ -537,11 +529,12 @@ def arm_label(arm: str, tau: float | None) -> str:
 
 
 def summarize(values: list[int | None], budget: int) -> str:
+    """Steps to a threshold over the seeds (None = not reached): "mean ± std (r/n reached)"."""
     reached = [v for v in values if v is not None]
     if not reached:
         return f"not reached in budget ({budget:,} steps)"
-    mean = sum(reached) / len(reached)
-    std = math.sqrt(sum((v - mean) ** 2 for v in reached) / (len(reached) - 1)) if len(reached) > 1 else 0.0
+    mean, std = mean_std(reached)
+    std = std if len(reached) > 1 else 0.0
     return f"{mean:,.0f} ± {std:,.0f} ({len(reached)}/{len(values)} reached)"
 
 
@@ -574,7 +567,9 @@ def results_table(task: ParityArguments, students: list[dict]) -> list[dict]:
     return rows
 
 
-def write_markdown(path: str, task, run, teachers, table, seconds) -> None:
+def markdown(task, run, teachers, table, seconds) -> str:
+    """results.md: the steps-to-threshold table and the teachers' transitions."""
+
     def cell(values):
         return ", ".join("—" if v is None else f"{v:,}" for v in values)
 
@@ -590,34 +585,36 @@ def write_markdown(path: str, task, run, teachers, table, seconds) -> None:
         f"checkpoint for {run.two_shot_steps:,} steps, then the final one."
         + (f" Runs stop once they have held 99% for {run.stop_after:,} steps." if run.stop_after else ""),
         "",
-        "| arm | steps to 95% | steps to 99% | per seed (99%) |",
-        "|---|---|---|---|",
     ]
-    for row in table:
-        lines.append(
-            f"| {row['label']} | {row['steps_to_0.95']} | {row['steps_to_0.99']} | {cell(row['per_seed']['0.99'])} |"
-        )
-    lines += ["", "| teacher seed | support | plateau ends (acc ≥ 0.6) | 99% at | 2-shot checkpoint (acc) |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += markdown_table(
+        ["arm", "steps to 95%", "steps to 99%", "per seed (99%)"],
+        [
+            [row["label"], row["steps_to_0.95"], row["steps_to_0.99"], cell(row["per_seed"]["0.99"])]
+            for row in table
+        ],
+    )
+    cells = []
     for seed, teacher in teachers.items():
         rows = teacher["checkpoints"]
         start = next((r["step"] for r in rows if r["accuracy"] >= 0.6), None)
         done = next((r["step"] for r in rows if r["accuracy"] >= 0.99), None)
-        lines.append(
-            f"| {seed} | {teacher['support']} | {start if start is not None else '—'} | "
-            f"{done if done is not None else '—'} | {teacher['transition']} ({teacher['transition_accuracy']:.2f}) |"
+        cells.append(
+            [
+                seed,
+                teacher["support"],
+                start if start is not None else "—",
+                done if done is not None else "—",
+                f"{teacher['transition']} ({teacher['transition_accuracy']:.2f})",
+            ]
         )
+    header = ["teacher seed", "support", "plateau ends (acc ≥ 0.6)", "99% at", "2-shot checkpoint (acc)"]
+    lines += ["", *markdown_table(header, cells)]
     lines += ["", f"Wall time: {seconds / 60:.1f} min. Plots: accuracy.png, curriculum.png.", ""]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    return "\n".join(lines)
 
 
 def plot_accuracy(path: str, students: list[dict], task: ParityArguments) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     grouped = groups(students)
     taus = sorted({tau for _, tau in grouped if tau is not None})
     fig, axes = plt.subplots(1, max(len(taus), 1), figsize=(6 * max(len(taus), 1), 4.2), squeeze=False)
@@ -639,17 +636,11 @@ def plot_accuracy(path: str, students: list[dict], task: ParityArguments) -> Non
         ax.set_ylim(0.4, 1.02)
         ax.set_xlim(0, task.student_steps)
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_curriculum(path: str, teachers: dict[int, dict], task: ParityArguments) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(len(teachers), 4, figsize=(17, 3.3 * len(teachers)), squeeze=False)
     noise = 1 / math.sqrt(task.probe_size)
     for row, (seed, teacher) in zip(axes, teachers.items()):
@@ -684,28 +675,22 @@ def plot_curriculum(path: str, teachers: dict[int, dict], task: ParityArguments)
         row[1].legend(fontsize=7)
         row[2].legend(fontsize=7)
     fig.suptitle("Teacher checkpoints: output f = p(1) - p(0) against low-degree monomials (band: ±1/√probe)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the sandbox; returns what it writes to ``output_dir/results.json``."""
     task, run = parse_args(argv)
-    results_json = os.path.join(run.output_dir, "results.json")
-    if os.path.exists(results_json) and not run.overwrite_output_dir:
-        raise FileExistsError(
-            f"--output_dir {run.output_dir} already holds results ({results_json}); pass --overwrite_output_dir "
-            "to replace them (teachers trained with the same settings are reused)."
-        )
+    prepare_output_dir(
+        run.output_dir,
+        run.overwrite_output_dir,
+        ["results.json", "results.md", "accuracy.png", "curriculum.png"],
+        folders=["students"],
+        refusal="; pass --overwrite_output_dir to replace them (teachers trained with the same settings are "
+        "reused).",
+    )
     start = time.time()
-    _init_worker(run.torch_threads)
-    os.makedirs(run.output_dir, exist_ok=True)
-    for name in ("results.json", "results.md", "accuracy.png", "curriculum.png"):
-        if os.path.exists(os.path.join(run.output_dir, name)):
-            os.remove(os.path.join(run.output_dir, name))
-    if os.path.isdir(os.path.join(run.output_dir, "students")):
-        shutil.rmtree(os.path.join(run.output_dir, "students"))
+    quiet_process(run.torch_threads)
 
     teachers: dict[int, dict] = {}
     for seed in range(task.seeds):
@@ -741,13 +726,12 @@ def main(argv: list[str] | None = None) -> dict:
         "students": students,
         "seconds": round(seconds, 1),
     }
-    write_markdown(os.path.join(run.output_dir, "results.md"), task, run, teachers, table, seconds)
+    text = markdown(task, run, teachers, table, seconds)
+    write_text(os.path.join(run.output_dir, "results.md"), text)
     plot_accuracy(os.path.join(run.output_dir, "accuracy.png"), students, task)
     plot_curriculum(os.path.join(run.output_dir, "curriculum.png"), teachers, task)
-    with open(results_json, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(run.output_dir, "results.md"), encoding="utf-8") as f:
-        print(f.read())
+    write_json(os.path.join(run.output_dir, "results.json"), results, indent=1)
+    print(text)
     return results
 
 

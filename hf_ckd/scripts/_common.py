@@ -1,11 +1,13 @@
-"""What the recipes share: argument parsing (with config files), the CIFAR schedule defaults, and the
-standard ending of a Trainer run (the transformers examples' save / metrics / state / eval / card)."""
+"""What the recipes in ``hf_ckd.scripts`` share: argument parsing (with config files), the image data
+arguments, the CIFAR schedule defaults, logging, and the standard ending of a Trainer run (the transformers
+examples' train / save / metrics / state / eval / card / push)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +65,7 @@ class ImageDataArguments:
         Returns ``(train, eval_or_None, num_labels)``."""
         import timm
 
-        from .data import image_classification_splits
+        from ..data import image_classification_splits
 
         data_config = timm.data.resolve_data_config({}, model=timm_model)
         return image_classification_splits(
@@ -80,7 +82,7 @@ class ImageDataArguments:
 
     def load_splits(self):
         """``(train, eval_or_None)`` raw splits, truncated to ``max_*_samples``."""
-        from .data import get_split, load_dataset_from_args
+        from ..data import get_split, load_dataset_from_args
 
         raw = load_dataset_from_args(self.dataset_name, self.dataset_config_name, self.dataset_path)
         train = get_split(raw, self.train_split, "train_split")
@@ -130,6 +132,38 @@ def log_distributed_setup(trainer) -> None:
         accelerator.num_processes,
         accelerator.device,
     )
+
+
+def setup_logging(training_args) -> None:
+    """Logging as the transformers examples set it up: to stdout, at the process's log level (info on the
+    main process unless ``--log_level`` says otherwise), and one line per process on where it runs."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        # log_level defaults to "passive", which keeps transformers' level: make it info, as the examples do.
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    for name in ("hf_ckd", "__main__"):  # the library and the recipe (also when run with python -m)
+        logging.getLogger(name).setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(
+        "Process rank: %s, device: %s, n_gpu: %s, distributed training: %s, 16-bits training: %s",
+        training_args.local_process_index,
+        training_args.device,
+        training_args.n_gpu,
+        training_args.parallel_mode.value == "distributed",
+        training_args.fp16 or training_args.bf16,
+    )
+    logger.info("Training/evaluation parameters %s", training_args)
 
 
 def last_checkpoint(output_dir: str, overwrite: bool) -> str | None:
