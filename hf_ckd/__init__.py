@@ -39,14 +39,38 @@ _EXPORTS = {
     "ensemble_kd_loss": "losses",
     "kd_loss": "losses",
     "load_teacher": "teachers",
-    "load_trajectory": "hub",
+    "load_trajectory": "trajectory",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "AnchorSchedule",
+    "CachedTargets",
+    "Checkpoint",
+    "CheckpointDistillConfig",
+    "CheckpointDistillTrainer",
+    "HubError",
+    "LiveTeachers",
+    "ProgressiveSchedule",
+    "ScheduledTeachers",
+    "StaticSchedule",
+    "TeacherEnsemble",
+    "TeacherLoadError",
+    "TeacherOutputError",
+    "TeacherSamples",
+    "TeacherSource",
+    "Trajectory",
+    "TrajectoryError",
+    "__version__",
+    "build_teacher_source",
+    "ensemble_kd_loss",
+    "kd_loss",
+    "load_teacher",
+    "load_trajectory",
+]
 
 if TYPE_CHECKING:
     from .config import CheckpointDistillConfig
-    from .hub import HubError, load_trajectory
+    from .hub import HubError
     from .losses import TeacherSamples, ensemble_kd_loss, kd_loss
     from .schedules import AnchorSchedule, ProgressiveSchedule, StaticSchedule
     from .sources import (
@@ -58,7 +82,7 @@ if TYPE_CHECKING:
     )
     from .teachers import TeacherEnsemble, TeacherLoadError, TeacherOutputError, load_teacher
     from .trainer import CheckpointDistillTrainer
-    from .trajectory import Checkpoint, Trajectory, TrajectoryError
+    from .trajectory import Checkpoint, Trajectory, TrajectoryError, load_trajectory
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,11 @@ from itertools import pairwise
 from typing import Any
 
 AVERAGE_MODES = ("probs", "logits")  # how ensemble members combine: tempered probabilities, or logits first
-KD_LOSS_MODES = ("full", "chunked", "sampled")  # token-level KD from logits, from hidden states exactly, sampled
+KD_LOSS_MODES = (
+    "full",
+    "chunked",
+    "sampled",
+)  # token-level KD from logits, from hidden states exactly, sampled
 FUSION_MODES = ("loop", "vmap", "auto")  # how several teacher forwards run
 SCHEDULE_KINDS = ("static", "progressive", "anchors")
 PACES = ("teacher_time", "equal")
@@ -42,7 +46,9 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_choice(value: Any, choices: Sequence[str], name: str, error: type[OptionError] = OptionError) -> str:
+def check_choice(
+    value: Any, choices: Sequence[str], name: str, error: type[OptionError] = OptionError
+) -> str:
     """``value`` if it is one of ``choices``."""
     if value not in choices:
         raise error(f"{name} must be one of {tuple(choices)}, got {value!r}.", name)
@@ -124,7 +130,10 @@ def normalize_weights(
 
 
 def check_boundaries(
-    boundaries: Any, name: str = "boundaries", count: int | None = None, error: type[OptionError] = OptionError
+    boundaries: Any,
+    name: str = "boundaries",
+    count: int | None = None,
+    error: type[OptionError] = OptionError,
 ) -> list[float] | None:
     """Fractions of the student's run, strictly increasing inside (0, 1); with ``count`` (scheduled
     checkpoints), exactly ``count - 1`` of them."""

@@ -593,8 +593,8 @@ class SoftTargetCache:
     ) -> TeacherSamples:
         """The stored teacher samples of a batch, aligned with its ``[B, T]`` positions (hidden state t, which
         predicts token t + 1): ``hf_ckd.losses.TeacherSamples``, ``[B, T, D]`` each but the entropy (``[B, T]``),
-        as ``stratified_targets`` gives them: what ``linear_distillation_loss(teacher_samples=samples[:4],
-        teacher_entropy=samples.entropy, num_samples=cache.num_uniform)`` takes. Positions with
+        as ``stratified_targets`` gives them: what ``linear_distillation_loss(teacher_samples=samples,
+        num_samples=cache.num_uniform)`` takes. Positions with
         ``attention_mask == 0`` (padding) get nothing (id ``V``, zeros)."""
         if not self.token_level:
             raise CacheError(

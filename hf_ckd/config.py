@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses import AVERAGE_MODES, KD_LOSS_MODES
-from .schedules import PACES, SCHEDULE_KINDS, check_schedule_config
-from .teachers import FUSION_MODES, resolve_dtype
+from ._options import (
+    AVERAGE_MODES,
+    FUSION_MODES,
+    KD_LOSS_MODES,
+    PACES,
+    SCHEDULE_KINDS,
+    TEACHER_DTYPES,
+    OptionError,
+    check_alpha,
+    check_boundaries,
+    check_choice,
+    check_int,
+    check_positive,
+    check_temperature,
+    normalize_weights,
+    parse_floats,
+)
 
 
 @dataclass
@@ -284,67 +297,94 @@ class CheckpointDistillConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if not (
-            isinstance(self.temperature, int | float)
-            and math.isfinite(self.temperature)
-            and self.temperature > 0
-        ):
-            raise ValueError(
-                f"temperature must be a finite number > 0, got {self.temperature!r}; the paper uses 4.0."
-            )
-        if not (isinstance(self.alpha, int | float) and 0.0 <= self.alpha <= 1.0):
-            raise ValueError(
-                f"alpha must lie in [0, 1] (weight of the hard-label cross-entropy), got {self.alpha!r}; "
-                "alpha=1 is plain training, alpha=0 pure distillation."
-            )
-        if self.ensemble_average not in AVERAGE_MODES:
-            raise ValueError(
-                f"ensemble_average must be one of {AVERAGE_MODES}, got {self.ensemble_average!r}."
-            )
+        # The one place a run's settings are judged (with the validators the losses and schedules share), so
+        # a bad value fails here, naming the field, before anything is loaded or written.
+        check_temperature(self.temperature)
+        check_alpha(self.alpha)
+        check_choice(self.ensemble_average, AVERAGE_MODES, "ensemble_average")
         if self.teacher_dtype is not None:
-            try:
-                resolve_dtype(self.teacher_dtype)
-            except ValueError:
-                raise ValueError(
-                    f"teacher_dtype must be one of bf16, fp16, fp32 (or None), got {self.teacher_dtype!r}."
-                ) from None
-        if isinstance(self.teacher_weights, str):
-            try:
-                self.teacher_weights = [float(w) for w in self.teacher_weights.split(",") if w.strip()]
-            except ValueError:
-                raise ValueError(
-                    f"teacher_weights {self.teacher_weights!r} is not a comma-separated list of numbers."
-                ) from None
+            check_choice(self.teacher_dtype, tuple(TEACHER_DTYPES), "teacher_dtype")
+        self.teacher_weights = parse_floats(self.teacher_weights, "teacher_weights")
         if self.teacher_weights is not None:
-            weights = [float(w) for w in self.teacher_weights]
-            if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError(
-                    f"teacher_weights must be finite, >= 0 and not all zero, got {self.teacher_weights}."
-                )
-            self.teacher_weights = weights
+            normalize_weights(self.teacher_weights, name="teacher_weights")
         if not str(self.teacher_checkpoints).strip():
-            raise ValueError("teacher_checkpoints is empty; use e.g. 'last', '0.5' or '0.3,0.5,0.7'.")
-        check_schedule_config(self)
-        if self.kd_loss not in KD_LOSS_MODES:
-            raise ValueError(f"kd_loss must be one of {KD_LOSS_MODES}, got {self.kd_loss!r}.")
-        if not isinstance(self.kd_chunk_size, int) or self.kd_chunk_size < 1:
-            raise ValueError(f"kd_chunk_size must be an integer >= 1, got {self.kd_chunk_size!r}.")
+            raise OptionError(
+                "teacher_checkpoints is empty; use e.g. 'last', '0.5' or '0.3,0.5,0.7'.", "teacher_checkpoints"
+            )
+        self._check_schedule()
+        check_choice(self.kd_loss, KD_LOSS_MODES, "kd_loss")
+        check_int(self.kd_chunk_size, 1, "kd_chunk_size")
         needs_samples = self.kd_loss == "sampled" and self.soft_target_cache is None
         if (needs_samples or self.kd_num_samples is not None) and (
             self.kd_num_samples is None or self.kd_num_samples < 1
         ):
-            raise ValueError(
-                f"kd_loss='sampled' needs kd_num_samples >= 1 (ids drawn per position), got {self.kd_num_samples!r}."
+            raise OptionError(
+                f"kd_loss='sampled' needs kd_num_samples >= 1 (ids drawn per position), got {self.kd_num_samples!r}.",
+                "kd_num_samples",
             )
-        if self.teacher_fusion not in FUSION_MODES:
-            raise ValueError(f"teacher_fusion must be one of {FUSION_MODES}, got {self.teacher_fusion!r}.")
+        check_choice(self.teacher_fusion, FUSION_MODES, "teacher_fusion")
         if self.soft_target_cache is not None and self.teacher_schedule != "static":
-            raise ValueError(
+            raise OptionError(
                 "soft_target_cache holds the targets of one static ensemble; it cannot follow "
-                f"teacher_schedule={self.teacher_schedule!r}. Drop one of the two."
+                f"teacher_schedule={self.teacher_schedule!r}. Drop one of the two.",
+                "soft_target_cache",
             )
         if self.label_smoothing_factor != 0:
-            raise ValueError(
+            raise OptionError(
                 "label_smoothing_factor is not supported by CheckpointDistillConfig: the distillation term already "
-                "softens the targets. Set it to 0."
+                "softens the targets. Set it to 0.",
+                "label_smoothing_factor",
+            )
+
+    def _check_schedule(self) -> None:
+        """The schedule fields alone and together; what needs the checkpoints (how many, their order) is
+        checked when the schedule is built over them."""
+        kind = check_choice(self.teacher_schedule, SCHEDULE_KINDS, "teacher_schedule")
+        self.teacher_schedule_boundaries = check_boundaries(
+            self.teacher_schedule_boundaries, "teacher_schedule_boundaries"
+        )
+        pace, boundaries = self.teacher_schedule_pace, self.teacher_schedule_boundaries
+        scale, anchors = self.teacher_schedule_time_scale, self.teacher_num_anchors
+        if pace is not None:
+            check_choice(pace, PACES, "teacher_schedule_pace")
+        if scale is not None:
+            check_positive(scale, "teacher_schedule_time_scale")
+        if anchors is not None:
+            check_int(anchors, 2, "teacher_num_anchors")
+        given = {
+            "teacher_schedule_pace": pace,
+            "teacher_schedule_boundaries": boundaries,
+            "teacher_schedule_time_scale": scale,
+            "teacher_num_anchors": anchors,
+        }
+        if kind == "static":
+            extra = [name for name, value in given.items() if value is not None]
+            if extra:
+                raise OptionError(
+                    f"{', '.join(extra)} appl{'ies' if len(extra) == 1 else 'y'} to teacher_schedule='progressive' "
+                    "or 'anchors'; this run has teacher_schedule='static'.",
+                    extra[0],
+                )
+            return
+        if kind == "progressive" and anchors is not None:
+            raise OptionError(
+                "teacher_num_anchors applies to teacher_schedule='anchors'; this run has 'progressive'.",
+                "teacher_num_anchors",
+            )
+        if self.teacher_weights is not None:
+            raise OptionError(
+                f"teacher_weights applies to teacher_schedule='static' (an ensemble); a {kind} schedule has one "
+                "checkpoint teaching at a time. Drop teacher_weights.",
+                "teacher_weights",
+            )
+        if pace is not None and boundaries is not None:
+            raise OptionError(
+                "Give either teacher_schedule_pace or teacher_schedule_boundaries, not both.",
+                "teacher_schedule_boundaries",
+            )
+        default_pace = "teacher_time" if kind == "progressive" else "equal"
+        if scale is not None and (boundaries is not None or (pace or default_pace) != "teacher_time"):
+            raise OptionError(
+                "teacher_schedule_time_scale applies to teacher_schedule_pace='teacher_time' only.",
+                "teacher_schedule_time_scale",
             )

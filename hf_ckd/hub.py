@@ -1,6 +1,6 @@
 """Teacher trajectories published on the Hugging Face Hub: discovery, step order and downloads.
 
-Three layouts are read by :func:`trajectory_from_hub`:
+Three layouts are read by :func:`hub_checkpoints` (through ``Trajectory.from_hub``):
 
 * one branch or tag per checkpoint: Pythia's ``step1000``, ``step2000`` ..., OLMo's
   ``stage1-step1000-tokens4B``;
@@ -17,7 +17,7 @@ the safetensors, or the pickle weights only when there are no safetensors). Opti
 and ``training_args.bin`` (a pickle) are never downloaded.
 
 In configs and recipes a teacher on the Hub is written ``hub:ORG/NAME`` or ``hub:ORG/NAME@PATTERN``
-(:func:`load_trajectory`).
+(:func:`hf_ckd.trajectory.load_trajectory`).
 """
 
 from __future__ import annotations
@@ -45,32 +45,12 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from .trajectory import (
-    TRAINER_STATE_NAME,
-    Checkpoint,
-    HubRepo,
-    Trajectory,
-    TrajectoryError,
-    eval_metrics_at,
-    read_json_file,
-)
+from ._constants import CONFIG_NAME, HUB_PREFIX, TOKENIZER_FILE_NAMES, TRAINER_STATE_NAME
+from .checkpoint import Checkpoint, HubRepo, TrajectoryError, eval_metrics_at, read_json_file
 
-HUB_PREFIX = "hub:"
-CONFIG_NAME = "config.json"
 SAFETENSORS_FILE_RE = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$|^model\.safetensors\.index\.json$")
 PICKLE_FILE_RE = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$|^pytorch_model\.bin\.index\.json$")
 # Small files that make a text teacher usable on its own (its tokenizer), downloaded with the weights.
-TOKENIZER_FILE_NAMES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "tokenizer.model",
-    "spiece.model",
-)
 # A step in a ref or folder name: step1000, global_step500, stage1-step1000-tokens4B; then checkpoint-500.
 _STEP_IN_NAME_RE = re.compile(r"(?:^|[^a-z0-9])step[-_]?(\d+)", re.IGNORECASE)
 _CHECKPOINT_NAME_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -314,7 +294,7 @@ def _entries(
     )
 
 
-def trajectory_from_hub(
+def hub_checkpoints(
     repo_id: str,
     revisions: str | Sequence[str] | None = None,
     subfolders: str | Sequence[str] | None = None,
@@ -323,8 +303,9 @@ def trajectory_from_hub(
     token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
-) -> Trajectory:
-    """The checkpoints a Hub model repo publishes, ordered by step. No weights are downloaded here.
+) -> tuple[list[Checkpoint], int | None]:
+    """The checkpoints a Hub model repo publishes, and the run's final step when the repo records it (what
+    :meth:`hf_ckd.trajectory.Trajectory.from_hub` orders into a trajectory). No weights are downloaded here.
 
     Args:
         repo_id: ``ORG/NAME``.
@@ -418,7 +399,7 @@ def trajectory_from_hub(
         )
         for entry in entries
     ]
-    return Trajectory(checkpoints, source=repo_id, final_step=run_state.get("global_step"))
+    return checkpoints, run_state.get("global_step")
 
 
 def _read_state(repo: HubRepo, revision: str, filename: str) -> dict[str, Any] | None:
@@ -506,38 +487,3 @@ def parse_hub_spec(teacher: str) -> tuple[str, str | None] | None:
             "hub:EleutherAI/pythia-70m@step*)."
         )
     return repo_id, pattern or None
-
-
-def load_trajectory(
-    teacher: str | os.PathLike,
-    *,
-    revision: str = "main",
-    token: str | bool | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-) -> Trajectory:
-    """A teacher trajectory from a local path (:meth:`Trajectory.from_local`) or a Hub spec
-    ``hub:ORG/NAME[@PATTERN]`` (:func:`trajectory_from_hub`, with the other arguments)."""
-    hub = parse_hub_spec(os.fspath(teacher))
-    if hub is None:
-        return Trajectory.from_local(teacher)
-    repo_id, pattern = hub
-    return trajectory_from_hub(
-        repo_id,
-        pattern=pattern,
-        revision=revision,
-        token=token,
-        cache_dir=cache_dir,
-        local_files_only=local_files_only,
-    )
-
-
-def teacher_trajectory(args: Any) -> Trajectory:
-    """:func:`load_trajectory` for a :class:`~hf_ckd.config.CheckpointDistillConfig` (``teacher``,
-    ``teacher_revision``, ``teacher_cache_dir``, and ``hub_token`` for private teacher repos)."""
-    return load_trajectory(
-        args.teacher,
-        revision=getattr(args, "teacher_revision", "main"),
-        token=getattr(args, "hub_token", None),
-        cache_dir=getattr(args, "teacher_cache_dir", None),
-    )

@@ -1,20 +1,20 @@
-"""Teacher schedules: which checkpoints teach, with which weights, at each student step (DESIGN.md §4).
+"""Teacher schedules: which checkpoints teach, with which weights, at each student step (docs/progressive.md).
 
 A schedule is a pure function of the student's progress: ``schedule.active(step, max_steps)`` returns the
 ``(Checkpoint, weight)`` pairs that teach the optimizer step being taken after ``step`` steps (Trainer's
 ``state.global_step``) of a ``max_steps`` run; the weights sum to 1. Nothing here loads a model: the trainer
-loads the active checkpoints lazily (:mod:`hf_ckd.scheduled`) and saves the schedule's :meth:`identity` in
+loads the active checkpoints lazily (:class:`hf_ckd.sources.ScheduledTeachers`) and saves the schedule's :meth:`identity` in
 its ``TrainerState`` so a resumed run continues the same schedule.
 
 * :class:`StaticSchedule` - the same checkpoint(s) for the whole run (one checkpoint or a snapshot ensemble).
 * :class:`ProgressiveSchedule` - checkpoints ``c_1 ... c_n`` one after the other in trajectory order, ending
-  on the last (Panigrahi et al. 2024, seed 002). The pace is ``"teacher_time"`` (the official code's rule:
+  on the last (Panigrahi et al. 2024, arXiv:2410.05464). The pace is ``"teacher_time"`` (the official code's rule:
   the first checkpoint whose step is >= the teacher time the student has reached), ``"equal"`` shares, or
   explicit ``boundaries``. A "k-shot" schedule is a progressive one over k hand-picked checkpoints.
 * :class:`AnchorSchedule` - route-constrained optimisation (RCO, Jin et al. 2019): ``num_anchors`` anchors at
   equal intervals along the given checkpoints (or all of them), each teaching an equal share by default.
 
-The only import is :mod:`hf_ckd.trajectory`.
+Imports: :mod:`hf_ckd.checkpoint` and the shared validators of :mod:`hf_ckd._options`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,18 @@ from fractions import Fraction
 from itertools import pairwise
 from typing import Any
 
-from .trajectory import Checkpoint
+from ._options import (
+    PACES,
+    SCHEDULE_KINDS,
+    OptionError,
+    check_boundaries,
+    check_choice,
+    check_int,
+    check_positive,
+    normalize_weights,
+)
+from .checkpoint import Checkpoint
 
-PACES = ("teacher_time", "equal")
-SCHEDULE_KINDS = ("static", "progressive", "anchors")
 # Config field behind each constructor argument, for errors raised through schedule_from_args.
 CONFIG_FIELDS = {
     "checkpoints": "teacher_checkpoints",
@@ -43,15 +51,11 @@ CONFIG_FIELDS = {
 Active = list[tuple[Checkpoint, float]]
 
 
-class ScheduleError(ValueError):
+class ScheduleError(OptionError):
     """A schedule cannot be built from its arguments, or a saved schedule state does not match this run.
 
     ``argument`` names the offending argument (``boundaries``, ``num_anchors``, ...).
     """
-
-    def __init__(self, message: str, argument: str | None = None):
-        super().__init__(message)
-        self.argument = argument
 
 
 def _names(checkpoints: Sequence[Checkpoint]) -> str:
@@ -67,21 +71,6 @@ def _checkpoint_list(checkpoints: Sequence[Checkpoint], kind: str) -> list[Check
             "checkpoints",
         )
     return items
-
-
-def _normalize(weights: Sequence[float] | None, count: int) -> list[float]:
-    if weights is None:
-        return [1.0 / count] * count
-    values = [float(w) for w in weights]
-    if len(values) != count:
-        raise ScheduleError(
-            f"`weights` has {len(values)} values for {count} checkpoints; give one weight per checkpoint.",
-            "weights",
-        )
-    if any(not math.isfinite(w) or w < 0 for w in values) or sum(values) <= 0:
-        raise ScheduleError(f"`weights` must be finite, >= 0 and not all zero, got {values}.", "weights")
-    total = sum(values)
-    return [w / total for w in values]
 
 
 def _check_step(step: int, max_steps: int) -> None:
@@ -165,7 +154,7 @@ class StaticSchedule(TeacherSchedule):
 
     def __init__(self, checkpoints: Sequence[Checkpoint], weights: Sequence[float] | None = None):
         items = _checkpoint_list(checkpoints, "StaticSchedule")
-        normalized = _normalize(weights, len(items))
+        normalized = normalize_weights(weights, len(items), "weights", ScheduleError)
         merged: dict[Checkpoint, float] = {}
         for checkpoint, weight in zip(items, normalized):
             merged[checkpoint] = merged.get(checkpoint, 0.0) + weight
@@ -181,29 +170,6 @@ class StaticSchedule(TeacherSchedule):
 
     def options(self) -> dict[str, Any]:
         return {"weights": [round(w, 12) for w in self.weights]}
-
-
-def _check_boundaries(boundaries: Sequence[float], count: int) -> list[float]:
-    try:
-        values = [float(b) for b in boundaries]
-    except (TypeError, ValueError):
-        raise ScheduleError(
-            f"`boundaries` must be numbers in (0, 1), got {boundaries!r}.", "boundaries"
-        ) from None
-    if any(not (0.0 < b < 1.0) for b in values):
-        raise ScheduleError(
-            f"`boundaries` must lie strictly inside (0, 1) (fractions of the student's run), got {values}.",
-            "boundaries",
-        )
-    if any(b >= c for b, c in pairwise(values)):
-        raise ScheduleError(f"`boundaries` must be strictly increasing, got {values}.", "boundaries")
-    if len(values) != count - 1:
-        raise ScheduleError(
-            f"`boundaries` has {len(values)} values for {count} checkpoints; give one fewer boundary than "
-            f"checkpoints ({count - 1}): checkpoint i teaches until boundary i.",
-            "boundaries",
-        )
-    return values
 
 
 class ProgressiveSchedule(TeacherSchedule):
@@ -254,10 +220,7 @@ class ProgressiveSchedule(TeacherSchedule):
             )
         if boundaries is None:
             pace = self.default_pace if pace is None else pace
-            if pace not in PACES:
-                raise ScheduleError(
-                    f"`pace` must be one of {PACES} (or give boundaries), got {pace!r}.", "pace"
-                )
+            check_choice(pace, PACES, "pace", ScheduleError)
         if time_scale is not None:
             if pace != "teacher_time":
                 raise ScheduleError(
@@ -265,13 +228,10 @@ class ProgressiveSchedule(TeacherSchedule):
                     f"{'boundaries' if boundaries is not None else repr(pace)}).",
                     "time_scale",
                 )
-            if not (isinstance(time_scale, int | float) and math.isfinite(time_scale) and time_scale > 0):
-                raise ScheduleError(
-                    f"`time_scale` must be a finite number > 0, got {time_scale!r}.", "time_scale"
-                )
+            check_positive(time_scale, "time_scale", ScheduleError)
         self.checkpoints = items
         self.pace = None if boundaries is not None else pace
-        self.boundaries = None if boundaries is None else _check_boundaries(boundaries, len(items))
+        self.boundaries = check_boundaries(boundaries, "boundaries", len(items), ScheduleError)
         self.time_scale = None if time_scale is None else float(time_scale)
         self._steps = steps
 
@@ -335,12 +295,7 @@ class AnchorSchedule(ProgressiveSchedule):
     ):
         candidates = _checkpoint_list(checkpoints, "AnchorSchedule")
         if num_anchors is not None:
-            if not isinstance(num_anchors, int) or isinstance(num_anchors, bool) or num_anchors < 2:
-                raise ScheduleError(
-                    f"`num_anchors` must be an integer >= 2 (an anchor schedule walks at least 2 checkpoints), "
-                    f"got {num_anchors!r}.",
-                    "num_anchors",
-                )
+            check_int(num_anchors, 2, "num_anchors", ScheduleError)
             if num_anchors > len(candidates):
                 raise ScheduleError(
                     f"`num_anchors`={num_anchors} is more anchors than the {len(candidates)} checkpoints given "
@@ -420,90 +375,3 @@ def schedule_from_args(args: Any, checkpoints: Sequence[Checkpoint]) -> TeacherS
     raise ScheduleError(
         f"teacher_schedule must be one of {SCHEDULE_KINDS}, got {kind!r}.", "teacher_schedule"
     )
-
-
-def check_schedule_config(args: Any) -> None:
-    """Validate (and normalise) a config's schedule fields before anything runs; errors name the field.
-
-    What needs the checkpoints (how many there are, their order) is checked when the schedule is built.
-    """
-    kind = args.teacher_schedule
-    if kind not in SCHEDULE_KINDS:
-        raise ScheduleError(
-            f"teacher_schedule must be one of {SCHEDULE_KINDS}, got {kind!r}.", "teacher_schedule"
-        )
-    boundaries = args.teacher_schedule_boundaries
-    if isinstance(boundaries, str):
-        try:
-            boundaries = [float(b) for b in boundaries.split(",") if b.strip()]
-        except ValueError:
-            raise ScheduleError(
-                f"teacher_schedule_boundaries {boundaries!r} is not a comma-separated list of numbers.",
-                "boundaries",
-            ) from None
-    if boundaries is not None:
-        try:
-            boundaries = [float(b) for b in boundaries]
-        except (TypeError, ValueError):
-            raise ScheduleError(
-                f"teacher_schedule_boundaries must be numbers in (0, 1), got {boundaries!r}.", "boundaries"
-            ) from None
-        if not boundaries or any(not 0.0 < b < 1.0 for b in boundaries):
-            raise ScheduleError(
-                f"teacher_schedule_boundaries must lie strictly inside (0, 1) (fractions of the student's run), got "
-                f"{boundaries}.",
-                "boundaries",
-            )
-        if any(a >= b for a, b in pairwise(boundaries)):
-            raise ScheduleError(
-                f"teacher_schedule_boundaries must be strictly increasing, got {boundaries}.", "boundaries"
-            )
-        args.teacher_schedule_boundaries = boundaries
-    pace, scale, anchors = (
-        args.teacher_schedule_pace,
-        args.teacher_schedule_time_scale,
-        args.teacher_num_anchors,
-    )
-    if pace is not None and pace not in PACES:
-        raise ScheduleError(f"teacher_schedule_pace must be one of {PACES} or None, got {pace!r}.", "pace")
-    if scale is not None and not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
-        raise ScheduleError(
-            f"teacher_schedule_time_scale must be a finite number > 0, got {scale!r}.", "time_scale"
-        )
-    if anchors is not None and (not isinstance(anchors, int) or isinstance(anchors, bool) or anchors < 2):
-        raise ScheduleError(f"teacher_num_anchors must be an integer >= 2, got {anchors!r}.", "num_anchors")
-    given = {
-        "teacher_schedule_pace": pace,
-        "teacher_schedule_boundaries": boundaries,
-        "teacher_schedule_time_scale": scale,
-        "teacher_num_anchors": anchors,
-    }
-    if kind == "static":
-        extra = [name for name, value in given.items() if value is not None]
-        if extra:
-            raise ScheduleError(
-                f"{', '.join(extra)} appl{'ies' if len(extra) == 1 else 'y'} to teacher_schedule='progressive' or "
-                "'anchors'; this run has teacher_schedule='static'.",
-                "teacher_schedule",
-            )
-        return
-    if kind == "progressive" and anchors is not None:
-        raise ScheduleError(
-            "teacher_num_anchors applies to teacher_schedule='anchors'; this run has 'progressive'.",
-            "num_anchors",
-        )
-    if getattr(args, "teacher_weights", None) is not None:
-        raise ScheduleError(
-            f"teacher_weights applies to teacher_schedule='static' (an ensemble); a {kind} schedule has one "
-            "checkpoint teaching at a time. Drop teacher_weights.",
-            "weights",
-        )
-    if pace is not None and boundaries is not None:
-        raise ScheduleError(
-            "Give either teacher_schedule_pace or teacher_schedule_boundaries, not both.", "boundaries"
-        )
-    default_pace = "teacher_time" if kind == "progressive" else "equal"
-    if scale is not None and (boundaries is not None or (pace or default_pace) != "teacher_time"):
-        raise ScheduleError(
-            "teacher_schedule_time_scale applies to teacher_schedule_pace='teacher_time' only.", "time_scale"
-        )

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from .cache import CacheError, ReplayViews, SoftTargetCache, run_fingerprint
-from .hub import fetch_checkpoint, load_trajectory
+from .hub import fetch_checkpoint
 from .losses import ensemble_log_probs
-from .schedules import StaticSchedule, TeacherSchedule, check_resume_state, schedule_from_args
+from .schedules import TeacherSchedule, check_resume_state, schedule_from_args
 from .selection import read_selection
 from .teachers import (
     TeacherEnsemble,
@@ -42,7 +42,7 @@ from .teachers import (
     load_teacher,
     output_size,
 )
-from .trajectory import Checkpoint, Trajectory
+from .trajectory import Checkpoint, Trajectory, load_trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,9 @@ class TeacherSource:
 
     # ---- targets ------------------------------------------------------------------------------------
 
-    def log_targets(self, inputs: Mapping[str, Any], temperature: float, step: int | None = None) -> torch.Tensor:
+    def log_targets(
+        self, inputs: Mapping[str, Any], temperature: float, step: int | None = None
+    ) -> torch.Tensor:
         """log P_ens^tau for a batch, ``[B, V]`` or ``[B, T, V]``, float32 (``-inf`` where there is no mass).
 
         Raises:
@@ -185,7 +187,9 @@ class LiveTeachers(TeacherSource):
 
     kind = "live"
 
-    def __init__(self, ensemble: TeacherEnsemble, origin: Mapping[str, Any], trajectory: Trajectory | None = None):
+    def __init__(
+        self, ensemble: TeacherEnsemble, origin: Mapping[str, Any], trajectory: Trajectory | None = None
+    ):
         super().__init__(ensemble.checkpoints, ensemble.weights, ensemble.average, origin, trajectory)
         self._ensemble = ensemble
 
@@ -245,7 +249,8 @@ class ScheduledTeachers(TeacherSource):
         ]
         if problems:
             raise TeacherLoadError(
-                f"{len(problems)} problem(s) with the scheduled teacher checkpoints:\n- " + "\n- ".join(problems)
+                f"{len(problems)} problem(s) with the scheduled teacher checkpoints:\n- "
+                + "\n- ".join(problems)
             )
         if needs_config:
             check_same_architecture(self.checkpoints, self.checkpoints[-1].source)
@@ -308,7 +313,11 @@ class ScheduledTeachers(TeacherSource):
         """Every scheduled checkpoint with its share of the student's steps as ``weight`` (uniform until the
         run's length is known), and the schedule with its segments."""
         known = max_steps is not None and max_steps > 0
-        shares = self.schedule.shares(max_steps) if known else {c.name: w for c, w in zip(self.checkpoints, self.weights)}
+        shares = (
+            self.schedule.shares(max_steps)
+            if known
+            else {c.name: w for c, w in zip(self.checkpoints, self.weights)}
+        )
         self.weights = [shares[c.name] for c in self.checkpoints]
         return {**super().lineage(), "schedule": self.schedule.describe(max_steps if known else None)}
 
@@ -385,7 +394,9 @@ class CachedTargets(TeacherSource):
                 f"the one the cache was built with (got {type(train_dataset).__name__}): the targets are looked up "
                 "by example index and view."
             )
-        expected = run_fingerprint(self.checkpoints, self.weights, self.average, self.temperature, train_dataset)
+        expected = run_fingerprint(
+            self.checkpoints, self.weights, self.average, self.temperature, train_dataset
+        )
         self.cache.check(
             expected,
             rebuild_hint=f"hf_ckd.cache.build_soft_target_cache(teachers, dataset, {self.cache.path!r}, "
@@ -402,7 +413,9 @@ class CachedTargets(TeacherSource):
             )
         return inputs["cache_index"].cpu(), inputs["cache_view"].cpu()
 
-    def log_targets(self, inputs: Mapping[str, Any], temperature: float, step: int | None = None) -> torch.Tensor:
+    def log_targets(
+        self, inputs: Mapping[str, Any], temperature: float, step: int | None = None
+    ) -> torch.Tensor:
         return self.cache.log_targets(*self._keys(inputs))
 
     def linear_inputs(self, inputs: Mapping[str, Any], device: torch.device, seq_len: int) -> dict[str, Any]:
@@ -411,8 +424,7 @@ class CachedTargets(TeacherSource):
         return {
             "teacher_hidden": None,
             "teacher_head_weight": None,
-            "teacher_samples": tuple(t.to(device) for t in samples[:4]),
-            "teacher_entropy": samples.entropy.to(device),
+            "teacher_samples": samples.to(device),
             "num_samples": self.cache.num_uniform,
             "weights": self.weights,
             "average": self.average,
@@ -483,7 +495,9 @@ def build_teacher_source(
     """
     cached = use_cache and getattr(args, "soft_target_cache", None) is not None
     if cached and (teachers is not None or schedule is not None):
-        raise ValueError("soft_target_cache replaces the teachers: do not pass teachers= or teacher_schedule=.")
+        raise ValueError(
+            "soft_target_cache replaces the teachers: do not pass teachers= or teacher_schedule=."
+        )
     if teachers is not None:
         if schedule is not None or args.teacher_schedule != "static":
             raise ValueError(
@@ -494,11 +508,15 @@ def build_teacher_source(
         if args.teacher_dtype is not None:
             teachers.to(dtype=args.teacher_dtype)
         names = ",".join(c.name for c in teachers.checkpoints)
-        origin = _origin(args) if args.teacher else {
-            "teacher": teachers.checkpoints[0].source,
-            "teacher_checkpoints": names,
-            "teacher_selection": getattr(args, "teacher_selection", None),
-        }
+        origin = (
+            _origin(args)
+            if args.teacher
+            else {
+                "teacher": teachers.checkpoints[0].source,
+                "teacher_checkpoints": names,
+                "teacher_selection": getattr(args, "teacher_selection", None),
+            }
+        )
         return LiveTeachers(teachers, origin)
 
     def load(checkpoint: Checkpoint) -> nn.Module:
@@ -513,7 +531,9 @@ def build_teacher_source(
     trajectory = None
     if schedule is None:
         if cached and not getattr(args, "teacher", None):
-            raise ValueError("soft_target_cache needs teacher= too: the fingerprint is checked against its files.")
+            raise ValueError(
+                "soft_target_cache needs teacher= too: the fingerprint is checked against its files."
+            )
         trajectory = resolve_trajectory(args)
         selected = selected_checkpoints(args, trajectory)
         if cached:
@@ -521,11 +541,15 @@ def build_teacher_source(
         if args.teacher_schedule != "static":
             schedule = schedule_from_args(args, selected)
     if schedule is not None:  # only the active checkpoints are ever in memory
-        origin = _origin(args) if args.teacher else {
-            "teacher": schedule.checkpoints[-1].source,
-            "teacher_checkpoints": ",".join(c.name for c in schedule.checkpoints),
-            "teacher_selection": None,
-        }
+        origin = (
+            _origin(args)
+            if args.teacher
+            else {
+                "teacher": schedule.checkpoints[-1].source,
+                "teacher_checkpoints": ",".join(c.name for c in schedule.checkpoints),
+                "teacher_selection": None,
+            }
+        )
         return ScheduledTeachers(
             schedule,
             load,

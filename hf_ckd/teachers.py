@@ -30,30 +30,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from ._constants import CONFIG_NAME, SAFE_WEIGHTS_NAME, WEIGHT_FILE_NAMES, WEIGHTS_NAME
+from ._options import AVERAGE_MODES, FUSION_MODES, TEACHER_DTYPES, check_choice, normalize_weights
 from .hub import checkpoint_config_file, fetch_checkpoint
-from .losses import AVERAGE_MODES, ensemble_log_probs, normalize_weights
+from .losses import ensemble_log_probs
 from .trajectory import Checkpoint, Trajectory, TrajectoryError
 
-CONFIG_NAME = "config.json"
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-PICKLE_WEIGHTS_NAME = "pytorch_model.bin"
-PICKLE_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
-WEIGHT_FILE_NAMES = (
-    SAFE_WEIGHTS_NAME,
-    SAFE_WEIGHTS_INDEX_NAME,
-    PICKLE_WEIGHTS_NAME,
-    PICKLE_WEIGHTS_INDEX_NAME,
-)
-
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 # Inputs that belong to the loss, not to a teacher's forward.
 NON_MODEL_INPUTS = (
     "labels",
@@ -65,7 +47,6 @@ NON_MODEL_INPUTS = (
 )
 
 TeacherModelInit = Callable[..., nn.Module]
-FUSION_MODES = ("loop", "vmap", "auto")
 logger = logging.getLogger(__name__)
 
 
@@ -81,10 +62,8 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """``"bf16"``/``"fp16"``/``"fp32"`` (or the torch names) to a ``torch.dtype``; ``None`` stays ``None``."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in DTYPES:
-        raise ValueError(f"teacher_dtype {dtype!r} is not one of {sorted(set(DTYPES))}.")
-    return DTYPES[key]
+    key = check_choice(str(dtype).lower().removeprefix("torch."), tuple(TEACHER_DTYPES), "teacher_dtype")
+    return getattr(torch, TEACHER_DTYPES[key])
 
 
 # ---- checkpoint files ------------------------------------------------------------------------------
@@ -119,7 +98,7 @@ def checkpoint_problems(checkpoint: Checkpoint, needs_config: bool = True) -> li
         return [*problems, f"{where} has an unreadable weight index ({err}); re-save the checkpoint."]
     if not files:
         problems.append(
-            f"{where} has no weights ({SAFE_WEIGHTS_NAME} or {PICKLE_WEIGHTS_NAME}); the save was interrupted or "
+            f"{where} has no weights ({SAFE_WEIGHTS_NAME} or {WEIGHTS_NAME}); the save was interrupted or "
             "the folder is not a checkpoint. Delete it or re-save it."
         )
     for file in files:
@@ -279,6 +258,8 @@ def load_teacher(
             ):
                 # timm's save_for_hf records num_classes in model_args too; the wrapper passes num_labels itself.
                 config.model_args = {k: v for k, v in config.model_args.items() if k != "num_classes"}
+            if getattr(config, "model_type", None) == "timm_wrapper":
+                from . import models  # noqa: F401  (registers hf_ckd's CIFAR architectures with timm, by name)
             auto = _auto_class(config)
             has_safetensors = any(f.endswith(".safetensors") for f in _weight_files(checkpoint.path))
             model = auto.from_pretrained(
@@ -369,12 +350,10 @@ class TeacherEnsemble:
         average: str = "probs",
         fusion: str = "loop",
     ):
-        if fusion not in FUSION_MODES:
-            raise ValueError(f"teacher fusion must be one of {FUSION_MODES}, got {fusion!r}.")
+        check_choice(fusion, FUSION_MODES, "teacher_fusion")
         if len(models) != len(checkpoints):
             raise ValueError(f"Got {len(models)} teacher models for {len(checkpoints)} checkpoints.")
-        if average not in AVERAGE_MODES:
-            raise ValueError(f"ensemble average must be one of {AVERAGE_MODES}, got {average!r}.")
+        check_choice(average, AVERAGE_MODES, "ensemble_average")
         self.models = list(models)
         self.checkpoints = list(checkpoints)
         self.weights = normalize_weights(weights, len(self.models))

@@ -87,7 +87,9 @@ class CheckpointDistillTrainer(Trainer):
                 f"CheckpointDistillTrainer needs args=CheckpointDistillConfig(...), got {type(args).__name__}."
             )
         if teacher_source is not None and (teachers is not None or teacher_schedule is not None):
-            raise ValueError("teacher_source= already holds the teachers: do not pass teachers= or teacher_schedule=.")
+            raise ValueError(
+                "teacher_source= already holds the teachers: do not pass teachers= or teacher_schedule=."
+            )
         # Every problem with the teachers is raised here, before Trainer.__init__ writes anything.
         self.teacher_source = teacher_source or build_teacher_source(
             args, teachers=teachers, schedule=teacher_schedule, model_init=teacher_model_init
@@ -102,7 +104,9 @@ class CheckpointDistillTrainer(Trainer):
             "alpha": args.alpha,
         }
         callbacks = [*(callbacks or []), TeacherSourceCallback(self.teacher_source, self.lineage, self.log)]
-        if isinstance(train_dataset, ReplayViews):  # view = epoch mod views, the view the targets were cached for
+        if isinstance(
+            train_dataset, ReplayViews
+        ):  # view = epoch mod views, the view the targets were cached for
             callbacks.append(ReplayViewCallback(train_dataset))
             if data_collator is not None:
                 data_collator = collate_with_cache_keys(data_collator)
@@ -124,7 +128,11 @@ class CheckpointDistillTrainer(Trainer):
             try:
                 self.teacher_source.check_student(self.model)
             except TeacherLoadError:
-                if not output_dir_existed and os.path.isdir(args.output_dir) and not os.listdir(args.output_dir):
+                if (
+                    not output_dir_existed
+                    and os.path.isdir(args.output_dir)
+                    and not os.listdir(args.output_dir)
+                ):
                     os.rmdir(args.output_dir)
                 raise
         student = self.accelerator.unwrap_model(self.model)
@@ -203,7 +211,9 @@ class CheckpointDistillTrainer(Trainer):
         needs_teachers = training and alpha < 1
         log_target = None
         if needs_teachers:
-            log_target = self.teacher_source.log_targets(inputs, self.args.temperature, step=self.state.global_step)
+            log_target = self.teacher_source.log_targets(
+                inputs, self.args.temperature, step=self.state.global_step
+            )
             log_target = log_target.to(student_logits.device)
         loss, parts = ensemble_kd_loss(
             student_logits,

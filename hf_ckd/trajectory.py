@@ -8,120 +8,18 @@ metrics).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from ._constants import CHECKPOINT_DIR_RE, MODEL_FILE_NAMES, PREFIX_CHECKPOINT_DIR, TRAINER_STATE_NAME
+from .checkpoint import Checkpoint, HubRepo, TrajectoryError, eval_metrics_at, read_json_file
+from .hub import hub_checkpoints, parse_hub_spec
 
-TRAINER_STATE_NAME = "trainer_state.json"
-_CHECKPOINT_DIR_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _TRAILING_STEP_RE = re.compile(r"(\d+)$")
-# Files whose presence makes a folder look like a saved model (transformers, timm hub format, custom models).
-MODEL_FILE_NAMES = (
-    "config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
-class TrajectoryError(ValueError):
-    """A teacher trajectory, or a checkpoint spec over it, cannot be used as given."""
-
-
-@dataclass(frozen=True)
-class HubRepo:
-    """Where a Hub checkpoint's files come from, and how to reach them (see :mod:`hf_ckd.hub`).
-
-    Attributes:
-        repo_id: ``ORG/NAME`` of a model repo.
-        token: Hub token for private or gated repos (``None``: the logged-in token or ``HF_TOKEN``).
-        cache_dir: Hub cache folder (``None``: ``HF_HUB_CACHE``).
-        local_files_only: read the local cache only, never the network (set by ``HF_HUB_OFFLINE=1`` too).
-    """
-
-    repo_id: str
-    token: str | bool | None = field(default=None, repr=False, compare=False)
-    cache_dir: str | None = None
-    local_files_only: bool = False
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One saved state of the teacher's training run.
-
-    Attributes:
-        name: folder name (``checkpoint-500``) or, for a single model folder, its base name.
-        path: local folder holding the model files.
-        step: optimizer step at which it was saved (``global_step``).
-        epoch: epoch at save time (fractional), or ``None`` when unknown.
-        fraction: ``step / final_step`` of the run, in ``[0, 1]`` (the paper's T^fraction).
-        metrics: eval metrics logged at exactly this step (``eval_loss``, ``eval_accuracy`` ...).
-        source: where the trajectory came from (local output dir or Hub repo id).
-        revision: Hub revision (branch, tag or commit) it is read from, or ``None`` for local folders.
-        subfolder: folder inside the Hub revision (``checkpoint-500``), or ``None`` for the revision's root.
-        hub: the Hub repo a checkpoint lives in; ``path`` is then empty until its files are downloaded
-            (:func:`hf_ckd.hub.fetch_checkpoint`, which teacher loading calls).
-    """
-
-    name: str
-    path: str
-    step: int
-    epoch: float | None = None
-    fraction: float = 1.0
-    metrics: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
-    source: str = ""
-    revision: str | None = None
-    subfolder: str | None = None
-    hub: HubRepo | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def location(self) -> str:
-        """Human-readable place of the files: the local folder, or ``ORG/NAME@revision/subfolder``."""
-        if self.path or self.hub is None:
-            return self.path
-        return f"{self.hub.repo_id}@{self.revision}" + (f"/{self.subfolder}" if self.subfolder else "")
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready summary used in lineage records and model cards."""
-        return {
-            "name": self.name,
-            "step": self.step,
-            "epoch": self.epoch,
-            "fraction": round(self.fraction, 6),
-            "source": self.source,
-            "revision": self.revision,
-            "subfolder": self.subfolder,
-        }
-
-
-def read_json_file(path: str) -> dict[str, Any]:
-    """A JSON file's content; invalid JSON raises a :class:`TrajectoryError` naming the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise TrajectoryError(
-            f"'{path}' is not valid JSON ({err}). Restore the file from the training run or delete it "
-            "so the step is read from the folder name."
-        ) from err
-
-
-def eval_metrics_at(log_history: list[dict[str, Any]], step: int) -> dict[str, float]:
-    """The ``eval_*`` numbers a ``trainer_state.json`` log history holds for ``step``."""
-    metrics: dict[str, float] = {}
-    for entry in log_history:
-        if entry.get("step") == step:
-            metrics.update(
-                {k: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, int | float)}
-            )
-    return metrics
+__all__ = ["Checkpoint", "HubRepo", "Trajectory", "TrajectoryError", "load_trajectory"]
 
 
 def _looks_like_model_dir(path: str) -> bool:
@@ -189,9 +87,7 @@ class Trajectory(Sequence[Checkpoint]):
                 f"Teacher path '{root}' is a file; pass the folder that holds the checkpoints."
             )
         dirs = [
-            d
-            for d in os.listdir(root)
-            if _CHECKPOINT_DIR_RE.match(d) and os.path.isdir(os.path.join(root, d))
+            d for d in os.listdir(root) if CHECKPOINT_DIR_RE.match(d) and os.path.isdir(os.path.join(root, d))
         ]
         if not dirs:
             if _looks_like_model_dir(root):
@@ -222,10 +118,9 @@ class Trajectory(Sequence[Checkpoint]):
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
     ) -> Trajectory:
-        """The checkpoints a Hub repo publishes; see :func:`hf_ckd.hub.trajectory_from_hub`."""
-        from .hub import trajectory_from_hub  # hub builds on this module; imported here to keep it optional
-
-        return trajectory_from_hub(
+        """The checkpoints a Hub repo publishes, ordered by step; see :func:`hf_ckd.hub.hub_checkpoints` for
+        the arguments and the layouts read. No weights are downloaded here."""
+        checkpoints, final_step = hub_checkpoints(
             repo_id,
             revisions=revisions,
             subfolders=subfolders,
@@ -235,6 +130,7 @@ class Trajectory(Sequence[Checkpoint]):
             cache_dir=cache_dir,
             local_files_only=local_files_only,
         )
+        return cls(checkpoints, source=repo_id, final_step=final_step)
 
     @classmethod
     def _from_paths(
@@ -255,7 +151,7 @@ class Trajectory(Sequence[Checkpoint]):
             state = read_json_file(state_path) if os.path.isfile(state_path) else {}
             step = state.get("global_step")
             if step is None:
-                match = _CHECKPOINT_DIR_RE.match(name) or _TRAILING_STEP_RE.search(name)
+                match = CHECKPOINT_DIR_RE.match(name) or _TRAILING_STEP_RE.search(name)
                 if match is None and len(paths) > 1:
                     raise TrajectoryError(
                         f"Cannot tell the step of checkpoint '{p}': it has no {TRAINER_STATE_NAME} and its name "
@@ -357,3 +253,27 @@ class Trajectory(Sequence[Checkpoint]):
                     )
                 selected.append(self.at(fraction))
         return selected
+
+
+def load_trajectory(
+    teacher: str | os.PathLike,
+    *,
+    revision: str = "main",
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> Trajectory:
+    """A teacher trajectory from a local path (:meth:`Trajectory.from_local`) or a Hub spec
+    ``hub:ORG/NAME[@PATTERN]`` (:meth:`Trajectory.from_hub`, with the other arguments)."""
+    hub = parse_hub_spec(os.fspath(teacher))
+    if hub is None:
+        return Trajectory.from_local(teacher)
+    repo_id, pattern = hub
+    return Trajectory.from_hub(
+        repo_id,
+        pattern=pattern,
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+    )

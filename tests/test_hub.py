@@ -24,7 +24,8 @@ from hf_ckd import (
     TeacherLoadError,
     Trajectory,
 )
-from hf_ckd.hub import HubError, load_trajectory, parse_hub_spec, step_from_name
+from hf_ckd.hub import HubError, parse_hub_spec, step_from_name
+from hf_ckd.trajectory import load_trajectory
 
 REPO = "org/teacher"
 TRAINING_ONLY = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
