@@ -50,11 +50,6 @@ AUTO_CLASSES = {
 # ---- timm's Hub format -----------------------------------------------------------------------------
 
 
-def is_timm_student(model: Any) -> bool:
-    """Whether ``model`` is a transformers ``TimmWrapper…`` model (:func:`hf_ckd.modeling.is_timm_model`)."""
-    return is_timm_model(model) and hasattr(model, "timm_model")
-
-
 def is_checkpoint_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a Trainer ``checkpoint-<step>`` folder (kept in Trainer's format for resume)."""
     return bool(CHECKPOINT_DIR_RE.match(os.path.basename(os.path.normpath(os.fspath(path)))))
@@ -229,7 +224,7 @@ def selection_summary(path: str) -> dict[str, Any]:
 
 def library_name(model: Any) -> str | None:
     """``timm`` for timm students, ``transformers`` for other transformers models, ``None`` otherwise."""
-    if is_timm_student(model):
+    if is_timm_model(model):
         return "timm"
     from transformers import PreTrainedModel
 
@@ -319,7 +314,7 @@ def _selection_section(summary: Mapping[str, Any] | None, path: str | None) -> s
 
 
 def _load_section(model: Any, repo_id: str, task: str | None, processing_class: Any) -> str:
-    if is_timm_student(model):
+    if is_timm_model(model):
         architecture = model.config.architecture
         from timm.models import model_entrypoint
 
@@ -389,7 +384,13 @@ def build_model_card(
 
     # lineage["checkpoints"] lists every checkpoint that taught (all of a schedule's, not only the active set).
     schedule = getattr(trainer, "teacher_schedule", None)
-    known = [*getattr(schedule, "checkpoints", []), *trainer.teachers.checkpoints]
+    # (trainer.teachers is None when the targets come from a soft-target cache; its source still knows them.)
+    source = getattr(trainer, "teacher_source", None)
+    known = [
+        *getattr(schedule, "checkpoints", []),
+        *getattr(source, "checkpoints", []),
+        *getattr(trainer.teachers, "checkpoints", []),
+    ]
     by_name = {c.name: c for c in known}
     repos_by_checkpoint = [teacher_repo_id(by_name.get(d["name"], d)) for d in lineage["checkpoints"]]
     teacher_repos = list(dict.fromkeys(r for r in repos_by_checkpoint if r))
@@ -470,7 +471,7 @@ def build_model_card(
 
 
 def _describe_model(model: Any) -> str:
-    if is_timm_student(model):
+    if is_timm_model(model):
         return f"a timm `{model.config.architecture}` image classifier"
     return f"a `{type(model).__name__}` model"
 
@@ -487,7 +488,7 @@ def _card_text(model, model_name, names, metrics, lineage, entries, repos) -> st
         teachers = f"checkpoint `{entries[0]['name']}` (at {entries[0]['fraction']:.0%} of training)"
     what = (
         f"A timm `{model.config.architecture}` image classifier"
-        if is_timm_student(model)
+        if is_timm_model(model)
         else f"A `{type(model).__name__}` model"
     )
     on = f"the `{names[0]}` dataset" if names else "an unspecified dataset"
@@ -528,7 +529,7 @@ def _training_section(trainer, lineage) -> str:
         lines += ["", "## Training results", "", make_markdown_table(eval_lines).rstrip("\n")]
     lines += ["", "## Framework versions", "", f"- hf_ckd {__version__}"]
     lines += [f"- Transformers {transformers.__version__}", f"- PyTorch {torch.__version__}"]
-    if is_timm_student(trainer.accelerator.unwrap_model(trainer.model)):
+    if is_timm_model(trainer.accelerator.unwrap_model(trainer.model)):
         import timm
 
         lines.append(f"- timm {timm.__version__}")
