@@ -1,4 +1,4 @@
-"""Mutual-information estimators for teacher selection (DESIGN.md §5, docs/mi_estimators.md).
+"""Mutual-information estimators for teacher selection (docs/mi_estimators.md).
 
 Pure functions of tensors. Everything is in nats. Inputs:
 

@@ -1,4 +1,4 @@
-"""MI-based teacher selection (seeds 000/001, DESIGN.md §5): score every checkpoint of a trajectory by
+"""MI-based teacher selection (Wang et al. 2022, arXiv:2210.06458; docs/selection.md): score every checkpoint of a trajectory by
 I(X;F) + I(Y;F) on a probe set, pick T*, and read/write ``selection.json``.
 
 The paper's Algorithm 1: estimate both terms for every candidate checkpoint, divide each term by its

@@ -87,16 +87,16 @@ def resolve_teachers(training_args: CifarDistillConfig):
     """
     from hf_ckd.cache import SoftTargetCache
     from hf_ckd.data import DataError
-    from hf_ckd.hub import teacher_trajectory
     from hf_ckd.schedules import schedule_from_args
     from hf_ckd.selection import teacher_spec
+    from hf_ckd.sources import resolve_trajectory
     from hf_ckd.teachers import TeacherEnsemble
 
     if not training_args.teacher:
         raise DataError(
             "--teacher is required: the output_dir of the teacher's training run, or hub:ORG/NAME."
         )
-    trajectory = teacher_trajectory(training_args)
+    trajectory = resolve_trajectory(training_args)
     spec, schedule = teacher_spec(training_args, trajectory), None
     if training_args.teacher_schedule != "static":
         schedule = schedule_from_args(training_args, trajectory.select(spec))

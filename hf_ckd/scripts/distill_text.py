@@ -177,8 +177,9 @@ def resolve_teachers(training_args: CheckpointDistillConfig, task: str | None) -
     checkpoints, the first one's config, the task, and (only to build a soft-target cache) the ensemble.
     Without a cache the trainer loads the teachers itself from ``training_args``."""
     from hf_ckd import TeacherEnsemble
-    from hf_ckd.hub import fetch_checkpoint, teacher_trajectory
+    from hf_ckd.hub import fetch_checkpoint
     from hf_ckd.selection import teacher_spec
+    from hf_ckd.sources import resolve_trajectory
     from hf_ckd.text import load_teacher_config, teacher_task
 
     if not training_args.teacher:
@@ -186,7 +187,7 @@ def resolve_teachers(training_args: CheckpointDistillConfig, task: str | None) -
             "--teacher is required: the output_dir of the teacher's Trainer run (checkpoint-<step>/ folders), "
             "a saved model folder, or hub:ORG/NAME."
         )
-    trajectory = teacher_trajectory(training_args)
+    trajectory = resolve_trajectory(training_args)
     spec = teacher_spec(training_args, trajectory)
     selected = trajectory.select(spec)
     # A Hub checkpoint is downloaded here (teacher loading reuses the cache); the others when a schedule
