@@ -36,6 +36,9 @@ TOKENIZER_FILE_NAMES = (
 )
 # The folders transformers.Trainer saves: checkpoint-<global step>.
 CHECKPOINT_DIR_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# CIFAR-100's per-channel pixel mean and std (the recipes' normalisation and the CIFAR models' default cfg).
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 # The soft-target cache's fingerprint and layout file.
 CACHE_CONFIG_NAME = "hf_ckd_cache.json"
 HUB_PREFIX = "hub:"

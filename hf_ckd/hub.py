@@ -45,7 +45,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from ._constants import CONFIG_NAME, HUB_PREFIX, TOKENIZER_FILE_NAMES, TRAINER_STATE_NAME
+from ._constants import CHECKPOINT_DIR_RE, CONFIG_NAME, HUB_PREFIX, TOKENIZER_FILE_NAMES, TRAINER_STATE_NAME
 from .checkpoint import Checkpoint, HubRepo, TrajectoryError, eval_metrics_at, read_json_file
 
 SAFETENSORS_FILE_RE = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$|^model\.safetensors\.index\.json$")
@@ -53,7 +53,6 @@ PICKLE_FILE_RE = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$|^pytorch_model\
 # Small files that make a text teacher usable on its own (its tokenizer), downloaded with the weights.
 # A step in a ref or folder name: step1000, global_step500, stage1-step1000-tokens4B; then checkpoint-500.
 _STEP_IN_NAME_RE = re.compile(r"(?:^|[^a-z0-9])step[-_]?(\d+)", re.IGNORECASE)
-_CHECKPOINT_NAME_RE = re.compile(r"^checkpoint-(\d+)$")
 _TRAILING_NUMBER_RE = re.compile(r"(\d+)$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -65,7 +64,7 @@ class HubError(TrajectoryError):
 def step_from_name(name: str) -> int | None:
     """The training step a ref or folder name states (``step1000``, ``stage1-step1000-tokens4B``,
     ``checkpoint-500``, or trailing digits), or ``None``."""
-    for pattern in (_STEP_IN_NAME_RE, _CHECKPOINT_NAME_RE, _TRAILING_NUMBER_RE):
+    for pattern in (_STEP_IN_NAME_RE, CHECKPOINT_DIR_RE, _TRAILING_NUMBER_RE):
         match = pattern.search(name)
         if match:
             return int(match.group(1))
@@ -278,11 +277,11 @@ def _entries(
             f"and no subfolder with weights at revision {revision!r} "
             f"({_model_subfolders(listing.files(revision))}). Use a glob such as 'step*' or 'checkpoint-*'."
         )
-    step_refs = [r for r in refs if _STEP_IN_NAME_RE.search(r) or _CHECKPOINT_NAME_RE.match(r)]
+    step_refs = [r for r in refs if _STEP_IN_NAME_RE.search(r) or CHECKPOINT_DIR_RE.match(r)]
     if step_refs:
         return "revisions", [(r, None) for r in step_refs]
     files = listing.files(revision)
-    folders = [d for d in _model_subfolders(files) if _CHECKPOINT_NAME_RE.match(d)]
+    folders = [d for d in _model_subfolders(files) if CHECKPOINT_DIR_RE.match(d)]
     if folders:
         return "subfolders", [(revision, d) for d in folders]
     if _has_weights([f for f in files if "/" not in f]):

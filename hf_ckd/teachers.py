@@ -34,6 +34,7 @@ from ._constants import CONFIG_NAME, SAFE_WEIGHTS_NAME, WEIGHT_FILE_NAMES, WEIGH
 from ._options import AVERAGE_MODES, FUSION_MODES, TEACHER_DTYPES, check_choice, normalize_weights
 from .hub import checkpoint_config_file, fetch_checkpoint
 from .losses import ensemble_log_probs
+from .modeling import auto_model_class
 from .trajectory import Checkpoint, Trajectory, TrajectoryError
 
 # Inputs that belong to the loss, not to a teacher's forward.
@@ -139,28 +140,15 @@ def _load_state_dict(file: str, allow_unsafe_pickle: bool) -> dict[str, torch.Te
 
 
 def _auto_class(config) -> type:
-    """The transformers Auto class that matches a config's architecture."""
-    import transformers
-
-    architectures = getattr(config, "architectures", None) or []
-    arch = architectures[0] if architectures else ""
-    for suffix, auto in (
-        ("ForSequenceClassification", transformers.AutoModelForSequenceClassification),
-        ("ForTokenClassification", transformers.AutoModelForTokenClassification),
-        ("ForImageClassification", transformers.AutoModelForImageClassification),
-        ("ForCausalLM", transformers.AutoModelForCausalLM),
-        ("ForMaskedLM", transformers.AutoModelForMaskedLM),
-    ):
-        if arch.endswith(suffix):
-            return auto
-    if getattr(config, "model_type", None) == "timm_wrapper":
-        return transformers.AutoModelForImageClassification
-    if arch and hasattr(transformers, arch):
-        return getattr(transformers, arch)
-    raise TeacherLoadError(
-        f"Cannot tell which model class to build for architecture {arch or '<none>'} (model_type "
-        f"{getattr(config, 'model_type', None)!r}); pass teacher_model_init to build it yourself."
-    )
+    """The transformers Auto class that rebuilds a checkpoint of this config (:mod:`hf_ckd.modeling`)."""
+    auto = auto_model_class(config)
+    if auto is None:
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        raise TeacherLoadError(
+            f"Cannot tell which model class to build for architecture {arch or '<none>'} (model_type "
+            f"{getattr(config, 'model_type', None)!r}); pass teacher_model_init to build it yourself."
+        )
+    return auto
 
 
 def architecture_of(config: Mapping[str, Any]) -> str:

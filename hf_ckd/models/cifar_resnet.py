@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import nn
 
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+from .._constants import CIFAR100_MEAN, CIFAR100_STD
+
 CRD_URL = "https://github.com/HobbitLong/RepDistiller"
 
 
