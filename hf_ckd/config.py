@@ -309,7 +309,8 @@ class CheckpointDistillConfig(TrainingArguments):
             normalize_weights(self.teacher_weights, name="teacher_weights")
         if not str(self.teacher_checkpoints).strip():
             raise OptionError(
-                "teacher_checkpoints is empty; use e.g. 'last', '0.5' or '0.3,0.5,0.7'.", "teacher_checkpoints"
+                "teacher_checkpoints is empty; use e.g. 'last', '0.5' or '0.3,0.5,0.7'.",
+                "teacher_checkpoints",
             )
         self._check_schedule()
         check_choice(self.kd_loss, KD_LOSS_MODES, "kd_loss")

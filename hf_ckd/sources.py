@@ -32,7 +32,7 @@ from .cache import CacheError, ReplayViews, SoftTargetCache, run_fingerprint
 from .hub import fetch_checkpoint
 from .losses import ensemble_log_probs
 from .schedules import TeacherSchedule, check_resume_state, schedule_from_args
-from .selection import read_selection
+from .selection import teacher_spec
 from .teachers import (
     TeacherEnsemble,
     TeacherLoadError,
@@ -109,14 +109,20 @@ class TeacherSource:
             )
 
     def teacher_config(self) -> Any:
-        """The transformers config of the first teaching checkpoint (``None`` for a model without one)."""
+        """The transformers config of the first teaching checkpoint (``None`` for a model without one). Its
+        files are local afterwards (``checkpoints[0].path``: a Hub checkpoint is fetched), e.g. for its
+        tokenizer."""
+        self.checkpoints[0] = fetch_checkpoint(self.checkpoints[0])
         ensemble = self.ensemble
-        if ensemble is not None and ensemble.models:
+        if (
+            ensemble is not None
+            and ensemble.models
+            and ensemble.checkpoints[0].name == self.checkpoints[0].name
+        ):
             return getattr(getattr(ensemble.models[0], "module", ensemble.models[0]), "config", None)
         from transformers import AutoConfig
 
-        checkpoint = self.checkpoints[0] = fetch_checkpoint(self.checkpoints[0])
-        return AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=False)
+        return AutoConfig.from_pretrained(self.checkpoints[0].path)
 
     def lineage(self, max_steps: int | None = None) -> dict[str, Any]:
         """JSON-ready record of who teaches: origin, averaging, and every checkpoint with its weight."""
@@ -453,9 +459,7 @@ def resolve_trajectory(args: Any) -> Trajectory:
 def selected_checkpoints(args: Any, trajectory: Trajectory) -> list[Checkpoint]:
     """The checkpoints a run selects: the names in ``args.teacher_selection`` when set (checked against the
     trajectory), else ``args.teacher_checkpoints``; in spec order, repeats kept."""
-    selection = getattr(args, "teacher_selection", None)
-    spec = read_selection(selection, trajectory) if selection else args.teacher_checkpoints
-    return trajectory.select(spec)
+    return trajectory.select(teacher_spec(args, trajectory))
 
 
 def _origin(args: Any) -> dict[str, Any]:
@@ -473,6 +477,7 @@ def build_teacher_source(
     schedule: TeacherSchedule | None = None,
     model_init: TeacherModelInit | None = None,
     use_cache: bool = True,
+    trajectory: Trajectory | None = None,
 ) -> TeacherSource:
     """The teachers of a run, resolved and validated once.
 
@@ -484,6 +489,8 @@ def build_teacher_source(
         schedule: a ready :class:`~hf_ckd.schedules.TeacherSchedule` instead of ``args.teacher_schedule``.
         model_init: builds the architecture of checkpoints without a transformers ``config.json``.
         use_cache: read ``args.soft_target_cache`` when set; ``False`` loads the teachers (e.g. to build it).
+        trajectory: ``args.teacher``'s trajectory when already resolved (e.g. ``source.trajectory`` of an
+            earlier source of the same run), so a Hub repo is not listed twice.
 
     Returns:
         :class:`CachedTargets` when ``args.soft_target_cache`` is set (and ``use_cache``);
@@ -528,13 +535,12 @@ def build_teacher_source(
             allow_unsafe_pickle=args.teacher_allow_unsafe_pickle,
         )
 
-    trajectory = None
     if schedule is None:
         if cached and not getattr(args, "teacher", None):
             raise ValueError(
                 "soft_target_cache needs teacher= too: the fingerprint is checked against its files."
             )
-        trajectory = resolve_trajectory(args)
+        trajectory = trajectory or resolve_trajectory(args)
         selected = selected_checkpoints(args, trajectory)
         if cached:
             return _cached_targets(args, selected, trajectory)

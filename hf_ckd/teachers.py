@@ -34,7 +34,7 @@ from ._constants import CONFIG_NAME, SAFE_WEIGHTS_NAME, WEIGHT_FILE_NAMES, WEIGH
 from ._options import AVERAGE_MODES, FUSION_MODES, TEACHER_DTYPES, check_choice, normalize_weights
 from .hub import checkpoint_config_file, fetch_checkpoint
 from .losses import ensemble_log_probs
-from .modeling import auto_model_class
+from .modeling import auto_model_class, is_timm_model
 from .trajectory import Checkpoint, Trajectory, TrajectoryError
 
 # Inputs that belong to the loss, not to a teacher's forward.
@@ -241,12 +241,10 @@ def load_teacher(
             from transformers import AutoConfig
 
             config = AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=trust_remote_code)
-            if getattr(config, "model_type", None) == "timm_wrapper" and "num_classes" in (
-                config.model_args or {}
-            ):
+            if is_timm_model(config) and "num_classes" in (config.model_args or {}):
                 # timm's save_for_hf records num_classes in model_args too; the wrapper passes num_labels itself.
                 config.model_args = {k: v for k, v in config.model_args.items() if k != "num_classes"}
-            if getattr(config, "model_type", None) == "timm_wrapper":
+            if is_timm_model(config):
                 from . import models  # noqa: F401  (registers hf_ckd's CIFAR architectures with timm, by name)
             auto = _auto_class(config)
             has_safetensors = any(f.endswith(".safetensors") for f in _weight_files(checkpoint.path))

@@ -77,47 +77,20 @@ def make_parser() -> HfArgumentParser:
     )
 
 
-def resolve_teachers(training_args: CifarDistillConfig):
-    """Everything this recipe reads about its teachers, in one place: ``(teachers, schedule, num_labels)``.
-
-    ``teachers`` is the loaded ``TeacherEnsemble`` (``None`` when a built ``--soft_target_cache`` holds the
-    targets), ``schedule`` the ``TeacherSchedule`` of ``--teacher_schedule progressive/anchors`` (``None``
-    when static; the trainer then loads the scheduled checkpoints as they come, so only the last one is
-    loaded here, for the label space), ``num_labels`` what the teachers (or the cache) predict over.
-    """
-    from hf_ckd.cache import SoftTargetCache
+def resolve_teachers(training_args: CifarDistillConfig, cache_ready: bool):
+    """The run's teachers (``hf_ckd.build_teacher_source``): a static ensemble, a schedule's lazy
+    checkpoints, or, once ``--soft_target_cache`` is built, the cache (no teacher loaded)."""
+    from hf_ckd import build_teacher_source
     from hf_ckd.data import DataError
-    from hf_ckd.schedules import schedule_from_args
-    from hf_ckd.selection import teacher_spec
-    from hf_ckd.sources import resolve_trajectory
-    from hf_ckd.teachers import TeacherEnsemble
 
     if not training_args.teacher:
         raise DataError(
             "--teacher is required: the output_dir of the teacher's training run, or hub:ORG/NAME."
         )
-    trajectory = resolve_trajectory(training_args)
-    spec, schedule = teacher_spec(training_args, trajectory), None
-    if training_args.teacher_schedule != "static":
-        schedule = schedule_from_args(training_args, trajectory.select(spec))
-        spec = [schedule.checkpoints[-1].name]
-        logger.info("Teacher schedule: %s", schedule)
-    cache_path = training_args.soft_target_cache
-    if cache_path is not None and os.path.isdir(cache_path):
-        # The targets are in the cache: no teacher is loaded (the trainer checks the fingerprint).
-        return None, schedule, SoftTargetCache(cache_path).num_classes
-    teachers = TeacherEnsemble.from_trajectory(
-        trajectory,
-        spec,
-        training_args.teacher_weights,
-        training_args.ensemble_average,
-        dtype=training_args.teacher_dtype,
-        trust_remote_code=training_args.teacher_trust_remote_code,
-        allow_unsafe_pickle=training_args.teacher_allow_unsafe_pickle,
-        fusion=training_args.teacher_fusion,
-    )
-    logger.info("Teachers: %s", ", ".join(f"{c.name} (T^{c.fraction:.2f})" for c in teachers.checkpoints))
-    return teachers, schedule, teachers.output_size
+    source = build_teacher_source(training_args, use_cache=cache_ready)
+    names = ", ".join(f"{c.name} (T^{c.fraction:.2f})" for c in source.checkpoints)
+    logger.info("Teachers (%s): %s", source.kind, names)
+    return source
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -129,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import transformers
     from transformers import set_seed
 
-    from hf_ckd import CheckpointDistillTrainer
+    from hf_ckd import CheckpointDistillTrainer, build_teacher_source
     from hf_ckd import data as hf_data
     from hf_ckd.cache import build_soft_target_cache
     from hf_ckd.metrics import classification_metrics
@@ -144,7 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     check_timm_architecture(student_args.student_model, "--student_model")
 
     # Teachers first: a broken trajectory fails before any data is read.
-    teachers, schedule, num_labels = resolve_teachers(training_args)
+    cache_path = training_args.soft_target_cache
+    teachers = resolve_teachers(training_args, cache_path is not None and os.path.isdir(cache_path))
+    num_labels = teachers.output_size
     raw_train, raw_eval = data_args.load_splits()
 
     set_seed(training_args.seed)
@@ -154,22 +129,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train, evaluation, _ = data_args.transformed_splits(student.timm_model, raw_train, raw_eval, num_labels)
     if evaluation is None:
         training_args.eval_strategy = "no"
-    cache_path = training_args.soft_target_cache
     if cache_path is not None:
         # The student trains on replayed views; the cache is built once (first run) and reused by every student.
         train = replayed_train(student.timm_model, raw_train, data_args, cache_args)
-        if teachers is not None:
+        if teachers.kind != "cached":
             from accelerate import PartialState
 
             build_soft_target_cache(
-                teachers, raw_train, cache_path, transform=train.transform, collate_fn=hf_data.collate_images,
+                teachers.ensemble, raw_train, cache_path, transform=train.transform, collate_fn=hf_data.collate_images,
                 temperature=training_args.temperature, views=cache_args.cache_views, seed=cache_args.cache_seed,
                 storage=cache_args.cache_storage, k=cache_args.cache_k,
                 batch_size=training_args.per_device_eval_batch_size, accelerator=PartialState(),
                 num_workers=training_args.dataloader_num_workers,
             )  # fmt: skip
-    if schedule is not None or cache_path is not None:
-        teachers = None  # freed: the trainer loads the scheduled checkpoints itself, or reads the cache
+            # The loaded teachers are freed: from now on the targets come from the cache.
+            teachers = build_teacher_source(training_args, trajectory=teachers.trajectory)
 
     trainer = CheckpointDistillTrainer(
         model=student,
@@ -178,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=evaluation,
         data_collator=hf_data.collate_images,
         compute_metrics=classification_metrics(),
-        teachers=teachers,
-        teacher_schedule=schedule,
+        teacher_source=teachers,
     )
     log_distributed_setup(trainer)
     if decay_epochs and training_args.lr_scheduler_type == "constant":

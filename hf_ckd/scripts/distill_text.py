@@ -34,7 +34,6 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
 from transformers import HfArgumentParser
 
@@ -164,71 +163,53 @@ def parse_args(
     return parse_recipe_args(make_parser(), sys.argv[1:] if argv is None else argv)
 
 
-class Teachers(NamedTuple):
-    trajectory: Any  # hf_ckd.Trajectory
-    selected: list  # the selected checkpoints; the first one fetched (it gives config and tokenizer)
-    config: Any  # the first selected checkpoint's config
-    task: str
-    ensemble: Any  # a TeacherEnsemble when a soft-target cache is to be built, else None
-
-
-def resolve_teachers(training_args: CheckpointDistillConfig, task: str | None) -> Teachers:
-    """Everything this recipe reads about its teachers, in one place: the trajectory, the selected
-    checkpoints, the first one's config, the task, and (only to build a soft-target cache) the ensemble.
-    Without a cache the trainer loads the teachers itself from ``training_args``."""
-    from hf_ckd import TeacherEnsemble
-    from hf_ckd.hub import fetch_checkpoint
-    from hf_ckd.selection import teacher_spec
-    from hf_ckd.sources import resolve_trajectory
-    from hf_ckd.text import load_teacher_config, teacher_task
+def resolve_teachers(training_args: CheckpointDistillConfig, task: str | None):
+    """The run's teachers (``hf_ckd.build_teacher_source``: loaded and checked once, or a built soft-target
+    cache), the first teaching checkpoint's config, and the task it was trained for."""
+    from hf_ckd import build_teacher_source
+    from hf_ckd.text import teacher_task
 
     if not training_args.teacher:
         raise ValueError(
             "--teacher is required: the output_dir of the teacher's Trainer run (checkpoint-<step>/ folders), "
             "a saved model folder, or hub:ORG/NAME."
         )
-    trajectory = resolve_trajectory(training_args)
-    spec = teacher_spec(training_args, trajectory)
-    selected = trajectory.select(spec)
-    # A Hub checkpoint is downloaded here (teacher loading reuses the cache); the others when a schedule
-    # activates them.
-    selected[0] = fetch_checkpoint(selected[0])
-    logger.info("Teacher trajectory %s; teaching: %s", trajectory, [c.name for c in selected])
-    config = load_teacher_config(selected[0].path, training_args.teacher_trust_remote_code)
-    task = teacher_task(config, task, selected[0].name)
-    logger.info("Task: %s", task)
     cache = training_args.soft_target_cache
+    source = build_teacher_source(training_args, use_cache=cache is not None and os.path.isdir(cache))
+    logger.info(
+        "Teacher trajectory %s; teaching: %s", source.trajectory, [c.name for c in source.checkpoints]
+    )
+    config = source.teacher_config()
+    task = teacher_task(config, task, source.checkpoints[0].name)
+    logger.info("Task: %s", task)
     if cache is not None and task != "causal-lm":
         raise ValueError(
             "--soft_target_cache in this recipe stores a causal LM's teacher samples per position; for "
             f"{task} run without it."
         )
-    ensemble = None
-    if cache is not None and not os.path.isdir(cache):
-        ensemble = TeacherEnsemble.from_trajectory(
-            trajectory, spec, training_args.teacher_weights, training_args.ensemble_average,
-            dtype=training_args.teacher_dtype, trust_remote_code=training_args.teacher_trust_remote_code,
-            allow_unsafe_pickle=training_args.teacher_allow_unsafe_pickle,
-        )  # fmt: skip
-    return Teachers(trajectory, selected, config, task, ensemble)
+    return source, config, task
 
 
-def cached_lm_train(train_dataset, teachers: Teachers, data_args, training_args):
-    """--soft_target_cache: the teachers' samples per position, built on the first run (and the teachers
-    freed) and read by every later student without a teacher; the blocks as ReplayViews."""
+def cached_lm_train(train_dataset, teachers, data_args, training_args):
+    """--soft_target_cache: the teachers' samples per position, built on the first run and read by every
+    later student without a teacher; returns the blocks as ReplayViews and the cache's teacher source."""
     from accelerate import PartialState
     from transformers import default_data_collator
 
+    from hf_ckd import build_teacher_source
     from hf_ckd.cache import ReplayViews, SelectColumns, build_soft_target_cache
 
-    if teachers.ensemble is not None:
+    if teachers.kind != "cached":
         build_soft_target_cache(
             teachers.ensemble, train_dataset, training_args.soft_target_cache, transform=SelectColumns(),
             collate_fn=default_data_collator, temperature=training_args.temperature, storage="sampled",
             k=data_args.cache_k, num_uniform=data_args.cache_num_uniform,
             batch_size=training_args.per_device_eval_batch_size, accelerator=PartialState(),
         )  # fmt: skip
-    return ReplayViews(train_dataset, SelectColumns())
+        teachers = build_teacher_source(
+            training_args, trajectory=teachers.trajectory
+        )  # the loaded ones freed
+    return ReplayViews(train_dataset, SelectColumns()), teachers
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -249,8 +230,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Che
     # ---- everything is checked before the trainer exists: nothing is written to output_dir on bad input
     guard_output_dir(training_args.output_dir, data_args.overwrite_output_dir)
     resume = last_checkpoint(training_args.output_dir, data_args.overwrite_output_dir)
-    teachers = resolve_teachers(training_args, model_args.task)
-    task, student_path = teachers.task, model_args.student_model_name_or_path
+    teachers, teacher_config, task = resolve_teachers(training_args, model_args.task)
+    student_path = model_args.student_model_name_or_path
     hub = {
         "revision": model_args.model_revision,
         "cache_dir": model_args.cache_dir,
@@ -259,12 +240,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Che
     student_config = hf_text.load_student_config(student_path, model_args.student_config_overrides, **hub)
     tokenizer, tokenizer_path, teacher_tokenizer = hf_text.load_tokenizer(
         model_args.tokenizer_name,
-        [teachers.selected[0].path, teachers.trajectory.source],
+        [teachers.checkpoints[0].path, *([teachers.trajectory.source] if teachers.trajectory else [])],
         student_path,
         **hub,
     )
     configs = {
-        f"the teacher checkpoint '{teachers.selected[0].name}'": teachers.config,
+        f"the teacher checkpoint '{teachers.checkpoints[0].name}'": teacher_config,
         "the student": student_config,
     }
     hf_text.check_vocabulary(tokenizer, tokenizer_path, teacher_tokenizer, configs)
@@ -296,8 +277,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Che
         data = hf_text.causal_lm_data(train_dataset, eval_dataset, block_size=data_args.block_size, **common)
     train_dataset = data.train_dataset
     if training_args.soft_target_cache is not None:
-        train_dataset = cached_lm_train(train_dataset, teachers, data_args, training_args)
-        teachers = teachers._replace(ensemble=None)  # freed: the targets come from the cache
+        train_dataset, teachers = cached_lm_train(train_dataset, teachers, data_args, training_args)
 
     # ---- student
     set_seed(training_args.seed)
@@ -310,8 +290,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Che
         "built from its config" if model_args.student_from_scratch else "loaded pretrained",
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
-    # Loads and checks every teacher checkpoint (label space / vocabulary against the student) before
-    # Trainer.__init__, so a TeacherLoadError or TrajectoryError leaves output_dir untouched.
+    # Checks the teachers' label space / vocabulary against the student before Trainer.__init__, so a
+    # TeacherLoadError leaves output_dir untouched.
     trainer = CheckpointDistillTrainer(
         model=model,
         args=training_args,
@@ -321,6 +301,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Che
         data_collator=data.data_collator,
         compute_metrics=data.compute_metrics,
         preprocess_logits_for_metrics=data.preprocess_logits_for_metrics,
+        teacher_source=teachers,
     )
 
     # ---- train, evaluate, save, model card with the teachers' lineage (or push to the Hub)

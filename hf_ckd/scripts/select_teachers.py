@@ -210,7 +210,7 @@ def make_parser() -> HfArgumentParser:
 
 def resolve_teachers(selection_args: SelectionArguments):
     """The teacher trajectory to score and its candidate checkpoints (``--checkpoints``, in order, once each)."""
-    from hf_ckd.hub import load_trajectory
+    from hf_ckd import load_trajectory
 
     trajectory = load_trajectory(
         selection_args.trajectory,
