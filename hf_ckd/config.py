@@ -53,7 +53,7 @@ class CheckpointDistillConfig(TrainingArguments):
             nearest the middle of the run, the paper's T^0.5), `last`, `first`, `all`, checkpoint names
             (`checkpoint-500`) or `step:500`. Several items make a snapshot ensemble.
         teacher_selection (`str` or `None`, *optional*, defaults to `None`):
-            A `selection.json` written by `recipes/select_teachers.py`: its selected checkpoint(s) teach,
+            A `selection.json` written by `hf-ckd select_teachers`: its selected checkpoint(s) teach,
             replacing `teacher_checkpoints`. Refused when it names checkpoints the trajectory does not have.
         teacher_weights (`list[float]` or `None`, *optional*, defaults to `None`):
             One non-negative ensemble weight per selected checkpoint (rescaled to sum to 1). `None` is a
@@ -161,7 +161,7 @@ class CheckpointDistillConfig(TrainingArguments):
     teacher_selection: str | None = field(
         default=None,
         metadata={
-            "help": "A selection.json written by recipes/select_teachers.py: its selected checkpoint(s) teach, "
+            "help": "A selection.json written by hf-ckd select_teachers: its selected checkpoint(s) teach, "
             "replacing teacher_checkpoints. Refused when it names checkpoints the trajectory does not have."
         },
     )

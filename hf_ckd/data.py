@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 IMAGE_COLUMN_CANDIDATES = ("img", "image", "pixel_values")
 LABEL_COLUMN_CANDIDATES = ("fine_label", "label", "labels")
 TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,20 +20,22 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ._constants import (
+    CARD_TAGS,
+    CHECKPOINT_DIR_RE,
+    CONFIG_NAME,
+    PAPER,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+)
+from ._version import __version__
 from .modeling import AUTO_CLASS_NAMES, PIPELINE_TAGS, is_timm_model, pipeline_tag
 from .selection import SelectionError, load_selection
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TIMM_PREFIX = "timm_model."
-CARD_TAGS = ("hf-ckd", "knowledge-distillation", "checkpoint-distillation")
-PAPER = ("Efficient Knowledge Distillation from Model Checkpoints", "2210.06458")
-CHECKPOINT_DIR_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-\d+$")
 # pretrained_cfg entries that describe the weights timm's registry points at, not the distilled student.
 SOURCE_WEIGHT_KEYS = ("tag", "license", "hf_hub_id", "url", "file", "source")
 # Logged eval_* entries that are timings or counters, not metrics of the model.
@@ -320,7 +321,9 @@ def _load_section(model: Any, repo_id: str, task: str | None, processing_class: 
 
         registered_here = model_entrypoint(architecture).__module__.startswith("hf_ckd")
         register = (
-            "import hf_ckd  # registers hf_ckd's CIFAR architectures with timm\n" if registered_here else ""
+            "import hf_ckd.models  # registers hf_ckd's CIFAR architectures with timm\n"
+            if registered_here
+            else ""
         )
         return (
             "## How to load\n\nWith timm (the weights and `config.json` are in timm's own Hub format):\n\n"
@@ -382,16 +385,9 @@ def build_model_card(
     task = (_listify(tasks) or [None])[0] or pipeline_tag(model)
     library = library_name(model)
 
-    # lineage["checkpoints"] lists every checkpoint that taught (all of a schedule's, not only the active set).
-    schedule = getattr(trainer, "teacher_schedule", None)
-    # (trainer.teachers is None when the targets come from a soft-target cache; its source still knows them.)
-    source = getattr(trainer, "teacher_source", None)
-    known = [
-        *getattr(schedule, "checkpoints", []),
-        *getattr(source, "checkpoints", []),
-        *getattr(trainer.teachers, "checkpoints", []),
-    ]
-    by_name = {c.name: c for c in known}
+    # lineage["checkpoints"] lists every checkpoint that taught (all of a schedule's, not only the active set),
+    # as the teacher source does.
+    by_name = {c.name: c for c in trainer.teacher_source.checkpoints}
     repos_by_checkpoint = [teacher_repo_id(by_name.get(d["name"], d)) for d in lineage["checkpoints"]]
     teacher_repos = list(dict.fromkeys(r for r in repos_by_checkpoint if r))
     entries = [
@@ -471,9 +467,10 @@ def build_model_card(
 
 
 def _describe_model(model: Any) -> str:
+    """``A timm `cifar_wrn_16_2` image classifier`` / ``A `GPT2LMHeadModel` model``: the card's subject."""
     if is_timm_model(model):
-        return f"a timm `{model.config.architecture}` image classifier"
-    return f"a `{type(model).__name__}` model"
+        return f"A timm `{model.config.architecture}` image classifier"
+    return f"A `{type(model).__name__}` model"
 
 
 def _card_text(model, model_name, names, metrics, lineage, entries, repos) -> str:
@@ -486,11 +483,7 @@ def _card_text(model, model_name, names, metrics, lineage, entries, repos) -> st
         teachers = "the final checkpoint"
     else:
         teachers = f"checkpoint `{entries[0]['name']}` (at {entries[0]['fraction']:.0%} of training)"
-    what = (
-        f"A timm `{model.config.architecture}` image classifier"
-        if is_timm_model(model)
-        else f"A `{type(model).__name__}` model"
-    )
+    what = _describe_model(model)
     on = f"the `{names[0]}` dataset" if names else "an unspecified dataset"
     text = [
         f"\n# {model_name}\n",
@@ -513,8 +506,6 @@ def _training_section(trainer, lineage) -> str:
         make_markdown_table,
         parse_log_history,
     )
-
-    from . import __version__
 
     hyperparameters = {
         **extract_hyperparameters_from_trainer(trainer),

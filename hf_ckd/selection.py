@@ -271,15 +271,13 @@ def load_selection(path: str) -> dict[str, Any]:
     """The content of a ``selection.json`` (estimator, per-checkpoint scores, ``selected`` names), checked to
     hold a ``selected`` list of checkpoint names."""
     if not os.path.isfile(path):
-        raise SelectionError(
-            f"Selection file '{path}' does not exist; write it with recipes/select_teachers.py."
-        )
+        raise SelectionError(f"Selection file '{path}' does not exist; write it with hf-ckd select_teachers.")
     try:
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
     except json.JSONDecodeError as err:
         raise SelectionError(
-            f"Selection file '{path}' is not valid JSON ({err}); re-run select_teachers.py."
+            f"Selection file '{path}' is not valid JSON ({err}); re-run hf-ckd select_teachers."
         ) from err
     selected = content.get("selected") if isinstance(content, dict) else None
     if not selected or not isinstance(selected, list) or not all(isinstance(s, str) for s in selected):
@@ -296,7 +294,7 @@ def read_selection(path: str, trajectory: Trajectory | None = None) -> list[str]
         if missing:
             raise TrajectoryError(
                 f"Selection file '{path}' (written for '{content.get('source')}') names checkpoints {missing} that "
-                f"trajectory '{trajectory.source}' does not have ({trajectory.names}). Re-run select_teachers.py "
+                f"trajectory '{trajectory.source}' does not have ({trajectory.names}). Re-run hf-ckd select_teachers "
                 "on this trajectory."
             )
     return selected

@@ -43,3 +43,13 @@ def test_teacher_cost_quick(tmp_path):
     for kind in result["ratios"].values():
         assert set(kind) == {"1", "2"} and all(v > 0 for v in kind.values())
     assert result["build_vs_inference"] > 0
+
+
+def test_import_time_quick(tmp_path):
+    out = tmp_path / "import_time.json"
+    load("import_time").main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["median_s"]) == {"python", "import torch", "import hf_ckd", "import hf_ckd.losses"}
+    assert all(v > 0 for v in result["median_s"].values())
+    # What the figures are about: the light imports leave transformers.Trainer and timm unimported.
+    assert result["loaded"]["import hf_ckd.losses"] == "trainer=0 timm=0"

@@ -190,5 +190,5 @@ def test_vmap_needs_one_architecture(timm_teacher, text_teacher):
     models, checkpoints = timm_ens.models + text_ens.models, timm_ens.checkpoints + text_ens.checkpoints
     with pytest.raises(ValueError, match=r"teacher_fusion='vmap' needs checkpoints of one architecture"):
         TeacherEnsemble(models, checkpoints, fusion="vmap")
-    with pytest.raises(ValueError, match=r"teacher fusion must be one of"):
+    with pytest.raises(ValueError, match=r"teacher_fusion must be one of"):
         TeacherEnsemble(models, checkpoints, fusion="fast")
