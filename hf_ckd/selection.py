@@ -225,6 +225,67 @@ def saturation_warnings(scores: Sequence[dict[str, Any]]) -> list[str]:
 # ---- selection.json --------------------------------------------------------------------------------
 
 
+def label_ceilings(labels: torch.Tensor) -> tuple[float, float]:
+    """The ceilings of the two MI terms on a probe set of labels ``[N]``: log N for I(X;F) and the label
+    entropy H(Y) for I(Y;F), in nats."""
+    counts = torch.bincount(labels.long()).double()
+    p = counts[counts > 0] / counts.sum()
+    return math.log(len(labels)), float(-(p * p.log()).sum())
+
+
+def plot_selection(path: str, rows: list[dict], selected: list[str], ceilings: tuple[float, float]) -> None:
+    """A PNG of accuracy, I(X;F), I(Y;F) and the score against training fraction (``rows`` from
+    :func:`score_trajectory`), the ``selected`` checkpoints marked and the ceilings (log N, H(Y)) dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = [r["fraction"] for r in rows]
+    chosen = [i for i, r in enumerate(rows) if r["name"] in selected]
+    panels = [
+        ("accuracy", "probe accuracy", None),
+        ("i_xf", "I(X;F) [nats]", ("log N", ceilings[0])),
+        ("i_yf", "I(Y;F) [nats]", ("H(Y)", ceilings[1])),
+        ("score", "score = I(X;F)/max + I(Y;F)/max", None),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, (key, title, ceiling) in zip(axes, panels):
+        values = [r[key] for r in rows]
+        ax.plot(fractions, values, "o-", color="tab:blue")
+        ax.plot(
+            [fractions[i] for i in chosen],
+            [values[i] for i in chosen],
+            "*",
+            color="tab:red",
+            ms=16,
+            label="selected",
+        )
+        if ceiling is not None and math.isfinite(ceiling[1]):
+            ax.axhline(ceiling[1], ls="--", color="gray", label=f"ceiling {ceiling[0]}")
+        ax.set_title(title)
+        ax.set_xlabel("fraction of training")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def selection_table(rows: list[dict], selected: list[str]) -> str:
+    """The scores as a markdown table, one row per checkpoint, the selected ones marked."""
+    lines = [
+        "| checkpoint | step | fraction | accuracy | I(X;F) | I(Y;F) | I(X;F)/log N | I(Y;F)/H(Y) | score | |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mark = "selected" if r["name"] in selected else ""
+        lines.append(
+            f"| {r['name']} | {r['step']} | {r['fraction']:.2f} | {r['accuracy']:.4f} | {r['i_xf']:.4f} | "
+            f"{r['i_yf']:.4f} | {r['saturation_x']:.3f} | {r['saturation_y']:.3f} | {r['score']:.4f} | {mark} |"
+        )
+    return "\n".join(lines)
+
+
 def _strict_json(value: Any) -> Any:
     """NaN/Inf (e.g. I(X;F) of the variational estimator) as ``null``: strict JSON has no NaN."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -153,57 +152,6 @@ def probe_batches(checkpoint, probe_args, selection_args):
     return list(loader), len(dataset)
 
 
-def plot(path: str, rows: list[dict], selected: list[str], ceilings: tuple[float, float]) -> None:
-    """Accuracy, I(X;F), I(Y;F) and the score against training fraction; selected points marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fractions = [r["fraction"] for r in rows]
-    chosen = [i for i, r in enumerate(rows) if r["name"] in selected]
-    panels = [
-        ("accuracy", "probe accuracy", None),
-        ("i_xf", "I(X;F) [nats]", ("log N", ceilings[0])),
-        ("i_yf", "I(Y;F) [nats]", ("H(Y)", ceilings[1])),
-        ("score", "score = I(X;F)/max + I(Y;F)/max", None),
-    ]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for ax, (key, title, ceiling) in zip(axes, panels):
-        values = [r[key] for r in rows]
-        ax.plot(fractions, values, "o-", color="tab:blue")
-        ax.plot(
-            [fractions[i] for i in chosen],
-            [values[i] for i in chosen],
-            "*",
-            color="tab:red",
-            ms=16,
-            label="selected",
-        )
-        if ceiling is not None and math.isfinite(ceiling[1]):
-            ax.axhline(ceiling[1], ls="--", color="gray", label=f"ceiling {ceiling[0]}")
-        ax.set_title(title)
-        ax.set_xlabel("fraction of training")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def table(rows: list[dict], selected: list[str]) -> str:
-    lines = [
-        "| checkpoint | step | fraction | accuracy | I(X;F) | I(Y;F) | I(X;F)/log N | I(Y;F)/H(Y) | score | |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        mark = "selected" if r["name"] in selected else ""
-        lines.append(
-            f"| {r['name']} | {r['step']} | {r['fraction']:.2f} | {r['accuracy']:.4f} | {r['i_xf']:.4f} | "
-            f"{r['i_yf']:.4f} | {r['saturation_x']:.3f} | {r['saturation_y']:.3f} | {r['score']:.4f} | {mark} |"
-        )
-    return "\n".join(lines)
-
-
 def make_parser() -> HfArgumentParser:
     return HfArgumentParser((SelectionArguments, ProbeArguments), description=__doc__.split("\n\n")[0])
 
@@ -227,7 +175,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from hf_ckd.selection import score_trajectory, select, write_selection
+    from hf_ckd.selection import (
+        label_ceilings,
+        plot_selection,
+        score_trajectory,
+        select,
+        selection_table,
+        write_selection,
+    )
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     torch.manual_seed(selection_args.seed)
@@ -254,10 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoints=candidates,
     )
     selected = select(rows, selection_args.top_k)
-    labels = torch.cat([b["labels"] for b in batches])
-    counts = torch.bincount(labels).double()
-    p = counts[counts > 0] / counts.sum()
-    ceilings = (math.log(probe_size), float(-(p * p.log()).sum()))
+    ceilings = label_ceilings(torch.cat([b["labels"] for b in batches]))
     probe = {
         "dataset": probe_args.dataset_path or probe_args.dataset_name,
         "split": probe_args.probe_split,
@@ -275,8 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
         selection_args.representation,
         probe,
     )
-    plot(os.path.splitext(selection_args.output)[0] + ".png", rows, selected, ceilings)
-    print(table(rows, selected))
+    plot_selection(os.path.splitext(selection_args.output)[0] + ".png", rows, selected, ceilings)
+    print(selection_table(rows, selected))
     print(f"\nSelected (T*): {', '.join(selected)}; written to {selection_args.output}")
     for warning in content["warnings"]:
         logger.warning(warning)
