@@ -38,9 +38,10 @@ from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
 from transformers import HfArgumentParser
 
-import hf_ckd  # noqa: F401  (registers the CIFAR networks with timm)
+import hf_ckd.models  # noqa: F401  (registers the CIFAR networks with timm)
+from hf_ckd._constants import CIFAR100_MEAN, CIFAR100_STD
 from hf_ckd.cache import ExampleTransform, SoftTargetCache, build_soft_target_cache
-from hf_ckd.data import CIFAR100_MEAN, CIFAR100_STD, collate_images, image_transform
+from hf_ckd.data import collate_images, image_transform
 from hf_ckd.losses import ensemble_kd_loss
 from hf_ckd.models import timm_classifier
 from hf_ckd.teachers import TeacherEnsemble
