@@ -462,10 +462,13 @@ def selected_checkpoints(args: Any, trajectory: Trajectory) -> list[Checkpoint]:
     return trajectory.select(teacher_spec(args, trajectory))
 
 
-def _origin(args: Any) -> dict[str, Any]:
+def _origin(args: Any, given: Sequence[Checkpoint] = ()) -> dict[str, Any]:
+    """The lineage's ``teacher`` / ``teacher_checkpoints`` / ``teacher_selection``: the config's, or, when
+    the checkpoints were ``given`` (a ready ensemble or schedule without ``args.teacher``), theirs."""
+    from_config = bool(args.teacher) or not given
     return {
-        "teacher": args.teacher,
-        "teacher_checkpoints": args.teacher_checkpoints,
+        "teacher": args.teacher if from_config else given[0].source,
+        "teacher_checkpoints": args.teacher_checkpoints if from_config else ",".join(c.name for c in given),
         "teacher_selection": getattr(args, "teacher_selection", None),
     }
 
@@ -514,17 +517,7 @@ def build_teacher_source(
             )
         if args.teacher_dtype is not None:
             teachers.to(dtype=args.teacher_dtype)
-        names = ",".join(c.name for c in teachers.checkpoints)
-        origin = (
-            _origin(args)
-            if args.teacher
-            else {
-                "teacher": teachers.checkpoints[0].source,
-                "teacher_checkpoints": names,
-                "teacher_selection": getattr(args, "teacher_selection", None),
-            }
-        )
-        return LiveTeachers(teachers, origin)
+        return LiveTeachers(teachers, _origin(args, teachers.checkpoints))
 
     def load(checkpoint: Checkpoint) -> nn.Module:
         return load_teacher(
@@ -547,20 +540,11 @@ def build_teacher_source(
         if args.teacher_schedule != "static":
             schedule = schedule_from_args(args, selected)
     if schedule is not None:  # only the active checkpoints are ever in memory
-        origin = (
-            _origin(args)
-            if args.teacher
-            else {
-                "teacher": schedule.checkpoints[-1].source,
-                "teacher_checkpoints": ",".join(c.name for c in schedule.checkpoints),
-                "teacher_selection": None,
-            }
-        )
         return ScheduledTeachers(
             schedule,
             load,
             args.ensemble_average,
-            origin,
+            _origin(args, schedule.checkpoints),
             trajectory,
             needs_config=model_init is None,
             max_steps=args.max_steps,
