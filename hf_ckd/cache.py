@@ -14,6 +14,12 @@ Arrow table keyed by (example index, augmentation view), and replayed to the stu
   in ``hf_ckd_cache.json``; a run whose settings differ is refused with the command that rebuilds the cache.
   A build writes into a temporary folder and renames it when complete, so a killed build never looks like a
   cache.
+* **Killed builds.** The temporary folder is ``.hf_ckd_cache-<target>-<random>`` beside the target, and the
+  build holds an exclusive ``flock`` on its ``.hf_ckd_build.lock`` (with the owner's pid and host inside) until
+  the rename. The kernel drops the lock when the owner dies, ``SIGKILL`` included, so the next build of the same
+  target removes the folders whose lock it can take (:func:`remove_stale_builds`) and leaves a live build's
+  alone: the advisory-lock rule huggingface_hub and datasets use for their own downloads (``filelock``,
+  ``flock`` underneath), where a pid check would be fooled by a reused pid or another host's process.
 """
 
 from __future__ import annotations
@@ -21,11 +27,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import random
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +52,12 @@ TABLE_DIR = "table"
 STORAGE_MODES = ("probs", "topk", "sampled")
 CACHE_KEYS = ("cache_index", "cache_view")
 CACHE_FORMAT_VERSION = 1
+BUILD_PREFIX = ".hf_ckd_cache-"
+BUILD_LOCK_NAME = ".hf_ckd_build.lock"
+# A build folder younger than this is never removed: it may be between its creation and its lock.
+STALE_BUILD_GRACE_S = 60.0
+
+logger = logging.getLogger(__name__)
 
 
 class CacheError(ValueError):
@@ -255,6 +271,105 @@ def run_fingerprint(
     }
 
 
+# ---- build folders ---------------------------------------------------------------------------------
+
+
+def _build_prefix(output_dir: str) -> str:
+    """``.hf_ckd_cache-<basename>-``: the temporary folders of builds of ``output_dir`` (and only of it)."""
+    return f"{BUILD_PREFIX}{os.path.basename(os.path.abspath(output_dir))}-"
+
+
+def _try_lock(path: str, create: bool) -> int | None:
+    """An exclusive, non-blocking ``flock`` on ``path``: its descriptor, or ``None`` when another process
+    holds it (or the file is missing and not ``create``). Raises ``OSError`` where locks are unsupported."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _new_build_dir(output_dir: str, parent: str) -> tuple[str, int | None]:
+    """A fresh ``.hf_ckd_cache-<basename>-<random>`` folder in ``parent``, locked by this process until the
+    returned descriptor is closed. Where the filesystem has no ``flock`` the descriptor is ``None``, and a later
+    build keeps the folder (it cannot tell a live build from a dead one there)."""
+    tmp = tempfile.mkdtemp(prefix=_build_prefix(output_dir), dir=parent)
+    try:
+        fd = _try_lock(os.path.join(tmp, BUILD_LOCK_NAME), create=True)
+    except (OSError, ImportError) as err:
+        fd, reason = None, err
+    else:
+        reason = "held by another process"
+    if fd is None:
+        logger.warning("No file lock on %s (%s): if this build is killed, delete the folder.", tmp, reason)
+        return tmp, None
+    os.write(fd, f"pid {os.getpid()} host {socket.gethostname()}\n".encode())
+    return tmp, fd
+
+
+def remove_stale_builds(output_dir: str) -> list[str]:
+    """Remove the temporary folders that killed builds of ``output_dir`` left beside it; returns them.
+
+    A folder is stale when its name is ``.hf_ckd_cache-<basename of output_dir>-<random>`` (other targets'
+    builds are never touched), it is older than ``STALE_BUILD_GRACE_S``, and no process holds the ``flock`` on
+    its ``.hf_ckd_build.lock``: a live build holds it until it renames the folder, and the kernel releases it
+    when the build dies, however it dies. Each removal is logged with the owner the lock file names.
+    """
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    pattern = re.compile(re.escape(_build_prefix(output_dir)) + r"[A-Za-z0-9_]+")
+    try:
+        names = sorted(os.listdir(parent))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        folder = os.path.join(parent, name)
+        if not pattern.fullmatch(name) or not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        lock_path = os.path.join(folder, BUILD_LOCK_NAME)
+        try:
+            age = time.time() - max(os.path.getmtime(p) for p in (folder, lock_path) if os.path.exists(p))
+        except OSError:
+            continue  # removed meanwhile
+        if age < STALE_BUILD_GRACE_S:
+            continue
+        try:
+            fd = _try_lock(lock_path, create=False)
+        except (OSError, ImportError) as err:
+            logger.warning("Kept %s: cannot tell whether its build is alive (%s).", folder, err)
+            continue
+        if fd is None and os.path.exists(lock_path):
+            logger.info("Kept %s: a live build holds its lock.", folder)
+            continue
+        try:
+            owner = ""
+            if fd is not None:
+                owner = os.read(fd, 200).decode(errors="replace").strip()
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        logger.warning(
+            "Removed %s, left by a killed build of %s (%s, %.0f s old).",
+            folder,
+            output_dir,
+            owner or "no lock file",
+            age,
+        )
+        removed.append(folder)
+    return removed
+
+
 # ---- build -----------------------------------------------------------------------------------------
 
 
@@ -418,8 +533,12 @@ def build_soft_target_cache(
     device = accelerator.device if accelerator is not None else next(teachers.models[0].parameters()).device
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
-    # One temporary folder for all processes: its name is agreed on through the main process.
-    tmp = tempfile.mkdtemp(prefix=".hf_ckd_cache-", dir=parent) if rank == 0 else None
+    # One temporary folder for all processes: its name is agreed on through the main process, which first
+    # removes what killed builds of this target left, then holds the new folder's lock until the rename.
+    tmp, lock_fd = None, None
+    if rank == 0:
+        remove_stale_builds(output_dir)
+        tmp, lock_fd = _new_build_dir(output_dir, parent)
     if accelerator is not None:
         from accelerate.utils import broadcast_object_list
 
@@ -510,16 +629,73 @@ def build_soft_target_cache(
             if os.path.exists(output_dir):
                 shutil.rmtree(output_dir)
             os.replace(tmp, output_dir)  # the cache appears complete, or not at all
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output_dir, BUILD_LOCK_NAME))
         if accelerator is not None:
             accelerator.wait_for_everyone()
     except BaseException:
         if rank == 0 and tmp and os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
     return SoftTargetCache(output_dir)
 
 
 # ---- read ------------------------------------------------------------------------------------------
+
+# What a reader needs of hf_ckd_cache.json: key -> (accepted types, required). Fingerprint keys are compared by
+# SoftTargetCache.check, which reports a missing one as a difference.
+_CONFIG_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
+    "num_examples": ((int,), True),
+    "views": ((int,), True),
+    "num_rows": ((int,), True),
+    "storage": ((str,), True),
+    "num_classes": ((int,), True),
+    "token_level": ((bool,), False),
+    "num_uniform": ((int, type(None)), False),
+    "k": ((int, type(None)), False),
+}
+
+
+def read_cache_config(config_path: str) -> dict[str, Any]:
+    """``hf_ckd_cache.json`` as a dict, or a ``CacheError`` naming the file and what is wrong with it (not
+    JSON, not an object, a missing key, a value of the wrong type) and saying to delete and rebuild."""
+    folder = os.path.dirname(config_path)
+    fix = (
+        f"Delete the cache folder '{folder}' and rebuild it (build_soft_target_cache(..., overwrite=True), or "
+        "rerun the recipe with --soft_target_cache)."
+    )
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CacheError(
+            f"Soft-target cache metadata '{config_path}' is not valid JSON ({err}). {fix}"
+        ) from err
+    if not isinstance(config, dict):
+        raise CacheError(
+            f"Soft-target cache metadata '{config_path}' holds a {type(config).__name__}, not a JSON object. {fix}"
+        )
+    problems = []
+    for key, (types, required) in _CONFIG_SCHEMA.items():
+        if key not in config:
+            if required:
+                problems.append(f"'{key}' is missing")
+            continue
+        value = config[key]
+        # bool is an int in Python; a JSON true is never a count.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            problems.append(f"'{key}' is {value!r}, not {names}")
+    if isinstance(config.get("storage"), str) and config["storage"] not in STORAGE_MODES:
+        problems.append(f"'storage' is {config['storage']!r}, not one of {STORAGE_MODES}")
+    if problems:
+        raise CacheError(
+            f"Soft-target cache metadata '{config_path}' is damaged: {'; '.join(problems)}. {fix}"
+        )
+    return config
 
 
 class SoftTargetCache:
@@ -539,8 +715,7 @@ class SoftTargetCache:
                 f"'{path}' is not a complete soft-target cache (no {CACHE_CONFIG_NAME}: the build did not finish). "
                 "Delete it and rebuild."
             )
-        with open(config_path, encoding="utf-8") as f:
-            self.config: dict[str, Any] = json.load(f)
+        self.config: dict[str, Any] = read_cache_config(config_path)
         try:
             self.table = load_from_disk(os.path.join(path, TABLE_DIR))
         except (FileNotFoundError, ValueError, OSError) as err:

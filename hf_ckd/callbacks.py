@@ -17,6 +17,7 @@ by a copy rebuilt from JSON, cut off from the teachers it drives.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -42,13 +43,14 @@ class TeacherSourceCallback(TrainerCallback):
         source: the run's teachers.
         lineage: the lineage record the trainer writes into model cards; updated in place once the run's
             length is known.
-        log: where switches are logged (the trainer passes its ``log``).
+        log: where switches are logged (the trainer passes its ``log``; a bound method is held weakly, so the
+            callback does not keep its trainer alive).
     """
 
     def __init__(self, source: TeacherSource, lineage: dict[str, Any], log: Callable[[dict], None]):
         self.source = source
         self.lineage = lineage
-        self._log = log
+        self._log = weakref.WeakMethod(log) if hasattr(log, "__self__") else (lambda: log)
 
     def on_train_begin(self, args, state, control, **kwargs):
         saved = state.stateful_callbacks.get(SCHEDULE_KEY)
@@ -77,7 +79,10 @@ class TeacherSourceCallback(TrainerCallback):
             ", ".join(names),
             ", ".join(str(c.step) for c in checkpoints),
         )
-        self._log(
+        log = self._log()
+        if log is None:
+            return
+        log(
             {
                 "teacher/step": checkpoints[0].step,
                 "teacher/fraction": round(checkpoints[0].fraction, 6),

@@ -38,6 +38,7 @@ from .teachers import (
     TeacherLoadError,
     TeacherModelInit,
     check_same_architecture,
+    check_same_signature,
     checkpoint_problems,
     load_teacher,
     output_size,
@@ -260,6 +261,9 @@ class ScheduledTeachers(TeacherSource):
             )
         if needs_config:
             check_same_architecture(self.checkpoints, self.checkpoints[-1].source)
+        # One shape signature across the schedule, so a later checkpoint cannot fail (or teach with random
+        # weights) when it becomes active; the first one loaded is checked against its config when loaded.
+        check_same_signature(self.checkpoints, self.checkpoints[-1].source)
 
     @property
     def ensemble(self) -> TeacherEnsemble | None:

@@ -22,19 +22,21 @@ import json
 import logging
 import os
 import pickle
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ._constants import CONFIG_NAME, SAFE_WEIGHTS_NAME, WEIGHT_FILE_NAMES, WEIGHTS_NAME
 from ._options import AVERAGE_MODES, FUSION_MODES, TEACHER_DTYPES, check_choice, normalize_weights
 from .hub import checkpoint_config_file, fetch_checkpoint
 from .losses import ensemble_log_probs
-from .modeling import auto_model_class, is_timm_model
+from .modeling import CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM, auto_model_class, is_timm_model, model_task
 from .trajectory import Checkpoint, Trajectory, TrajectoryError
 
 # Inputs that belong to the loss, not to a teacher's forward.
@@ -161,15 +163,22 @@ def architecture_of(config: Mapping[str, Any]) -> str:
 def check_same_architecture(checkpoints: Sequence[Checkpoint], source: str) -> None:
     """Refuse checkpoints whose ``config.json`` files name different architectures (one run's trajectory
     has one). Reads only the configs (for Hub checkpoints, downloads only them)."""
-    archs = {}
+    archs, spaces = {}, {}
     for checkpoint in checkpoints:
         path = checkpoint_config_file(checkpoint)
         if path is not None:
             try:
                 with open(path, encoding="utf-8") as f:
-                    archs[checkpoint] = architecture_of(json.load(f))
-            except (OSError, json.JSONDecodeError):
+                    config = json.load(f)
+                archs[checkpoint] = architecture_of(config)
+                spaces[checkpoint.name] = _label_space(config)
+            except (OSError, json.JSONDecodeError, AttributeError, TypeError):
                 continue  # reported with the checkpoint's other problems when it is loaded
+    if len({s for s in spaces.values() if s is not None}) > 1:
+        raise TeacherLoadError(
+            f"The selected teacher checkpoints of '{source}' predict over different label spaces (classes, or the "
+            f"vocabulary for LMs): {spaces}. One run's checkpoints share one: drop the odd checkpoint(s)."
+        )
     if len(set(archs.values())) > 1:
         counts = {a: list(archs.values()).count(a) for a in set(archs.values())}
         majority = max(counts, key=counts.get)
@@ -183,6 +192,15 @@ def check_same_architecture(checkpoints: Sequence[Checkpoint], source: str) -> N
             f"{majority}. A trajectory holds the checkpoints of one training run: drop the odd checkpoint(s) from "
             "the spec, or point at the right revision/folder."
         )
+
+
+def _label_space(config: Mapping[str, Any]) -> int | None:
+    """The number of classes (``id2label``/``num_labels``) or, for a language model, the vocabulary a
+    ``config.json`` says its model predicts over."""
+    if model_task(config) in (CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM):
+        return config.get("vocab_size")
+    labels = config.get("id2label") or {}
+    return len(labels) or config.get("num_labels")
 
 
 def _call_model_init(model_init: TeacherModelInit, checkpoint: Checkpoint) -> nn.Module:
@@ -247,15 +265,30 @@ def load_teacher(
             if is_timm_model(config):
                 from . import models  # noqa: F401  (registers hf_ckd's CIFAR architectures with timm, by name)
             auto = _auto_class(config)
-            has_safetensors = any(f.endswith(".safetensors") for f in _weight_files(checkpoint.path))
-            model = auto.from_pretrained(
-                checkpoint.path,
-                config=config,
-                dtype=torch_dtype,
-                use_safetensors=has_safetensors,
-                weights_only=not allow_unsafe_pickle,
-                trust_remote_code=trust_remote_code,
-            )
+            files = _weight_files(checkpoint.path)
+            has_safetensors = any(f.endswith(".safetensors") for f in files)
+            loading = {"config": config, "dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+            if allow_unsafe_pickle and not has_safetensors:
+                # The user opted in: unpickle here (transformers' own loader keeps weights_only=True for .bin files),
+                # then let transformers load the tensors as safetensors, with its checks and weight tying.
+                state: dict[str, torch.Tensor] = {}
+                for file in files:
+                    state.update(_load_state_dict(file, allow_unsafe_pickle=True))
+                with tempfile.TemporaryDirectory(prefix="hf_ckd_unpickled-") as tmp:
+                    config.save_pretrained(tmp)
+                    tensors = {
+                        k: v.detach().contiguous().clone() for k, v in state.items() if torch.is_tensor(v)
+                    }
+                    save_file(tensors, os.path.join(tmp, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+                    del state, tensors
+                    model, info = auto.from_pretrained(
+                        tmp, use_safetensors=True, output_loading_info=True, **loading
+                    )
+            else:
+                model, info = auto.from_pretrained(
+                    checkpoint.path, use_safetensors=has_safetensors, output_loading_info=True, **loading
+                )
+            _check_loading_info(where, info)
     except TeacherLoadError:
         raise
     except pickle.UnpicklingError as err:
@@ -268,6 +301,99 @@ def load_teacher(
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _check_loading_info(where: str, info: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose weights do not cover the model: transformers would initialise what is missing
+    at random (logging it only), and the teacher would teach from random weights."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if not missing and not mismatched:
+        return
+    parts = []
+    if missing:
+        parts.append(
+            f"{len(missing)} tensor(s) missing ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})"
+        )
+    if mismatched:
+        parts.append(f"{len(mismatched)} of another shape ({', '.join(mismatched[:6])})")
+    raise TeacherLoadError(
+        f"{where} does not hold the whole model its config.json describes: {'; '.join(parts)}. Loaded as it is, "
+        "those weights would be random and the teacher would teach noise. The save was incomplete or the files "
+        "belong to another architecture: re-save the checkpoint, or drop it from teacher_checkpoints."
+    )
+
+
+def weight_signature(checkpoint: Checkpoint) -> dict[str, tuple[int, ...]] | None:
+    """The tensor names and shapes of a local checkpoint's safetensors files, read from their headers (no
+    tensor is loaded); ``None`` when its weights are pickles (no header to read without unpickling) or its
+    files are not local yet (a Hub checkpoint before its download)."""
+    if not checkpoint.path:
+        return None
+    files = _weight_files(checkpoint.path)
+    if not files or not all(f.endswith(".safetensors") and os.path.isfile(f) for f in files):
+        return None
+    signature: dict[str, tuple[int, ...]] = {}
+    try:
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118  (a safetensors handle, not a dict)
+                    signature[key] = tuple(f.get_slice(key).get_shape())
+    except (SafetensorError, OSError, ValueError):
+        return None  # a damaged file: checkpoint_problems reports it with the fix
+    return signature
+
+
+def signature_problems(checkpoints: Sequence[Checkpoint]) -> dict[str, str]:
+    """Checkpoint name -> how its tensors (names and shapes) differ from the other checkpoints' of the same
+    trajectory: a checkpoint missing its classifier or LM head, or a model of another size saved among them.
+    The reference is the most common signature (ties: the one with the most tensors, then the last checkpoint's).
+    Reads safetensors headers only."""
+    signatures = {c: s for c in checkpoints if (s := weight_signature(c)) is not None}
+    if len(signatures) < 2:
+        return {}
+    counts: dict[frozenset, int] = {}
+    for signature in signatures.values():
+        key = frozenset(signature.items())
+        counts[key] = counts.get(key, 0) + 1
+    last = frozenset(signatures[list(signatures)[-1]].items())
+    # Most common first; then the most complete (an interrupted save loses tensors); then the last checkpoint.
+    reference = dict(max(counts, key=lambda k: (counts[k], len(k), k == last)))
+    problems = {}
+    for checkpoint, signature in signatures.items():
+        missing = sorted(set(reference) - set(signature))
+        extra = sorted(set(signature) - set(reference))
+        shapes = sorted(k for k in set(reference) & set(signature) if reference[k] != signature[k])
+        found = []
+        if missing:
+            found.append(
+                f"lacks {len(missing)} tensor(s) ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})"
+            )
+        if extra:
+            found.append(
+                f"has {len(extra)} extra ({', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''})"
+            )
+        if shapes:
+            k = shapes[0]
+            found.append(
+                f"{len(shapes)} of another shape ({k}: {list(signature[k])} vs {list(reference[k])})"
+            )
+        if found:
+            problems[checkpoint.name] = (
+                f"checkpoint '{checkpoint.name}' ({checkpoint.path}) does not hold the same model as the other "
+                f"checkpoints of its trajectory: it {'; '.join(found)}. A trajectory holds the checkpoints of one "
+                "training run: re-save or drop the odd checkpoint."
+            )
+    return problems
+
+
+def check_same_signature(checkpoints: Sequence[Checkpoint], source: str) -> None:
+    """Raise :class:`TeacherLoadError` listing :func:`signature_problems` (none: nothing happens)."""
+    problems = signature_problems(checkpoints)
+    if problems:
+        raise TeacherLoadError(
+            f"The teacher checkpoints of '{source}' are not one model:\n- " + "\n- ".join(problems.values())
+        )
 
 
 # ---- outputs ---------------------------------------------------------------------------------------
@@ -432,12 +558,17 @@ class TeacherEnsemble:
         checkpoints, merged_weights = cls.merge_duplicates(checkpoints, weights)
         if check_architecture:
             check_same_architecture(checkpoints, source)
-        models, problems = [], []
+        problems = []
         for i, checkpoint in enumerate(checkpoints):
             try:
-                checkpoint = checkpoints[i] = fetch_checkpoint(checkpoint)
+                checkpoints[i] = fetch_checkpoint(checkpoint)
             except TrajectoryError as err:
                 problems.append(str(err))
+        odd = signature_problems(checkpoints) if not problems else {}
+        problems.extend(odd.values())
+        models = []
+        for checkpoint in checkpoints if len(problems) == len(odd) else []:
+            if checkpoint.name in odd:
                 continue
             try:
                 models.append(load(checkpoint))

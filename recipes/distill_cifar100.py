@@ -8,9 +8,13 @@ as before. The recipe itself is the module ``hf_ckd.scripts.distill_cifar100``, 
     python -m hf_ckd.scripts.distill_cifar100 ...
     accelerate launch -m hf_ckd.scripts.distill_cifar100 ...
 
-The names imported below stay importable from this file for code that loads it by path.
+Bad input is one ``error:`` line and exit status 2 (``--debug`` or ``HF_CKD_DEBUG=1``: with the
+traceback), as with ``hf-ckd``. The names imported below stay importable from this file for code that loads it by path.
 """
 
+import sys
+
+from hf_ckd.scripts._common import run_recipe
 from hf_ckd.scripts.distill_cifar100 import (
     CifarDistillConfig,
     ImageDataArguments,
@@ -22,4 +26,4 @@ from hf_ckd.scripts.distill_cifar100 import (
 __all__ = ["CifarDistillConfig", "ImageDataArguments", "StudentArguments", "main", "make_parser"]
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_recipe(main))

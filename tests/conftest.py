@@ -216,3 +216,8 @@ def lm_teacher(tmp_path_factory, lm_data):
     train, val = lm_data
     out = tmp_path_factory.mktemp("lm_teacher")
     return train_teacher(tiny_gpt2(hidden=48), train, val, out, max_steps=150, save_steps=50)
+
+
+class StateDict(dict):
+    """A state dict that ``torch.load(weights_only=True)`` refuses (an unlisted class): tests of the
+    pickle opt-in (tests/test_teacher_integrity.py)."""

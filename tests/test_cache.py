@@ -2,12 +2,18 @@
 partial builds are refused."""
 
 import json
+import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from torchvision.transforms import v2
 
+import hf_ckd.cache as cache_module
 from hf_ckd import Trajectory
 from hf_ckd.cache import (
     CACHE_CONFIG_NAME,
@@ -195,6 +201,161 @@ def test_killed_build_leaves_nothing(tmp_path, ensemble, examples):
             collate_fn=collate_images, temperature=TAU, batch_size=8, progress=False,
         )  # fmt: skip
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+# A build that stalls after 10 examples (writing `marker` first), in its own process, to be killed or watched.
+STALLING_BUILD = """
+import pathlib, sys, time
+from datasets import load_from_disk
+from torchvision.transforms import v2
+from hf_ckd import Trajectory
+from hf_ckd.cache import ExampleTransform, build_soft_target_cache
+from hf_ckd.data import collate_images
+from hf_ckd.teachers import TeacherEnsemble
+
+teacher, data, out, marker = sys.argv[1:]
+
+
+class Stalls(ExampleTransform):
+    calls = 0
+
+    def __call__(self, example):
+        Stalls.calls += 1
+        if Stalls.calls > 10:
+            pathlib.Path(marker).touch()
+            time.sleep(600)
+        return super().__call__(example)
+
+
+ensemble = TeacherEnsemble.from_trajectory(Trajectory.from_local(teacher), "last")
+build_soft_target_cache(
+    ensemble, load_from_disk(data).with_format("torch"), out, collate_fn=collate_images, temperature=2.0,
+    transform=Stalls(v2.RandomHorizontalFlip(), "pixel_values", "labels"), batch_size=8, progress=False,
+)
+"""
+
+
+def start_stalling_build(tmp_path, teacher, examples, out, name):
+    """A build of `out` in a subprocess, returned once it is in the middle of its teacher forwards."""
+    data = tmp_path / "examples"
+    if not data.exists():
+        examples.save_to_disk(str(data))
+    marker = tmp_path / f"{name}.started"
+    process = subprocess.Popen(
+        [sys.executable, "-c", STALLING_BUILD, teacher, str(data), str(out), str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the stalling build did not start:\n{process.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+    return process
+
+
+def build_folders(parent):
+    return sorted(p for p in parent.iterdir() if p.name.startswith(".hf_ckd_cache-"))
+
+
+def test_a_killed_build_is_removed_by_the_next_build_and_a_live_one_is_kept(
+    tmp_path, ensemble, examples, timm_teacher, monkeypatch, caplog
+):
+    """SIGKILL skips every cleanup: the folder stays, and the next build of the same target removes it (the
+    dead owner's lock is free), while the folder of a build still running (lock held) is left alone, as are
+    other targets' folders."""
+    monkeypatch.setattr(cache_module, "STALE_BUILD_GRACE_S", 0.0)  # the folders here are seconds old
+    runs = tmp_path / "runs"
+    out = runs / "cache"
+    killed = start_stalling_build(tmp_path, timm_teacher, examples, out, "killed")
+    (leftover,) = build_folders(runs)
+    assert leftover.name.startswith(".hf_ckd_cache-cache-")
+    assert (leftover / ".hf_ckd_build.lock").read_text().startswith(f"pid {killed.pid} ")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert leftover.is_dir()  # what the kill leaves
+
+    live = start_stalling_build(tmp_path, timm_teacher, examples, out, "live")
+    try:
+        (live_folder,) = set(build_folders(runs)) - {leftover}
+        other_target = runs / ".hf_ckd_cache-cache-2-abcdefgh"  # a build of runs/cache-2, not ours
+        other_target.mkdir()
+        with caplog.at_level(logging.INFO, logger="hf_ckd.cache"):
+            build_soft_target_cache(
+                ensemble, examples, str(out), transform=augment(), collate_fn=collate_images, temperature=TAU,
+                batch_size=16, progress=False,
+            )  # fmt: skip
+        assert not leftover.exists() and live_folder.is_dir() and other_target.is_dir()
+        assert f"Removed {leftover}, left by a killed build of {out} (pid {killed.pid} " in caplog.text
+        assert f"Kept {live_folder}: a live build holds its lock" in caplog.text
+        assert os.listdir(out / "table") and not (out / ".hf_ckd_build.lock").exists()
+        SoftTargetCache(str(out))
+    finally:
+        live.kill()
+        live.wait(timeout=60)
+    # Once its owner is gone, the next build (here a rebuild) removes that folder too.
+    build_soft_target_cache(
+        ensemble, examples, str(out), transform=augment(), collate_fn=collate_images, temperature=TAU,
+        batch_size=16, progress=False, overwrite=True,
+    )  # fmt: skip
+    assert sorted(p.name for p in runs.iterdir()) == [".hf_ckd_cache-cache-2-abcdefgh", "cache"]
+
+
+def test_stale_build_folders_need_age_and_no_lock(tmp_path, caplog):
+    """A lock-less folder is removed only past the grace period (a build creates its folder, then locks it)."""
+    out = tmp_path / "cache"
+    young = tmp_path / ".hf_ckd_cache-cache-young123"
+    old = tmp_path / ".hf_ckd_cache-cache-old12345"
+    for folder in (young, old):
+        (folder / "shard-00000").mkdir(parents=True)
+    past = time.time() - 2 * cache_module.STALE_BUILD_GRACE_S
+    os.utime(old, (past, past))
+    unrelated = tmp_path / ".hf_ckd_cache-cachex-old12345"  # the target cachex
+    unrelated.mkdir()
+    os.utime(unrelated, (past, past))
+    with caplog.at_level(logging.WARNING, logger="hf_ckd.cache"):
+        assert cache_module.remove_stale_builds(str(out)) == [str(old)]
+    assert (
+        young.is_dir()
+        and unrelated.is_dir()
+        and f"Removed {old}" in caplog.text
+        and "no lock file" in caplog.text
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"storage": "probs", "views": 3,', "is not valid JSON"),
+        ("[1, 2]", "holds a list, not a JSON object"),
+        ("drop:num_examples", "'num_examples' is missing"),
+        ("set:views=three", "'views' is 'three', not int"),
+        ("set:num_classes=true", "'num_classes' is True, not int"),
+        ("set:storage=logits", "'storage' is 'logits', not one of"),
+    ],
+)
+def test_damaged_metadata_is_refused_with_the_file_and_the_fix(tmp_path, probs_cache, content, problem):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(probs_cache.path, damaged)
+    metadata = damaged / CACHE_CONFIG_NAME
+    config = json.loads(metadata.read_text())
+    if content.startswith("drop:"):
+        del config[content[5:]]
+        content = json.dumps(config)
+    elif content.startswith("set:"):
+        key, value = content[4:].split("=")
+        config[key] = {"true": True}.get(value, value)
+        content = json.dumps(config)
+    metadata.write_text(content)
+    with pytest.raises(CacheError) as info:
+        SoftTargetCache(str(damaged))
+    message = str(info.value)
+    assert f"metadata '{metadata}'" in message and problem in message
+    assert f"Delete the cache folder '{damaged}' and rebuild it" in message
 
 
 def test_incomplete_or_truncated_caches_are_refused(tmp_path, probs_cache):

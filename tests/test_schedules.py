@@ -345,13 +345,14 @@ class ResidentTeachers(TrainerCallback):
 
     def __init__(self):
         self.trainer = None
-        self.seen: dict[int, weakref.ref] = {}
+        self.seen: list[weakref.ref] = []  # not keyed by id(): a freed model's address can be reused
         self.most_alive = 0
 
     def on_step_end(self, args, state, control, **kwargs):
         for model in self.trainer.teachers.models:
-            self.seen.setdefault(id(model), weakref.ref(model))
-        alive = sum(ref() is not None for ref in self.seen.values())
+            if not any(ref() is model for ref in self.seen):
+                self.seen.append(weakref.ref(model))
+        alive = sum(ref() is not None for ref in self.seen)
         self.most_alive = max(self.most_alive, alive)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -115,3 +116,121 @@ def test_launchers_run_the_module(name):
     assert launcher.main is module.main and launcher.make_parser is module.make_parser
     assert f"hf_ckd.scripts.{name}" in launcher.__doc__
     assert all(getattr(launcher, n) is getattr(module, n) for n in launcher.__all__)
+
+
+# ---- bad input on the command line: one `error:` line, status 2; --debug / HF_CKD_DEBUG=1 show the traceback
+
+
+def test_run_recipe_prints_hf_ckd_errors_without_a_traceback(capsys, monkeypatch):
+    from hf_ckd.cache import CacheError
+    from hf_ckd.data import DataError
+    from hf_ckd.scripts._common import run_recipe
+
+    monkeypatch.delenv("HF_CKD_DEBUG", raising=False)
+    seen = []
+
+    def failing(error):
+        def main(argv):
+            seen.append(argv)
+            raise error
+
+        return main
+
+    assert run_recipe(failing(DataError("--dataset_path 'd' does not exist.")), ["--x", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --dataset_path 'd' does not exist.\n" and seen[-1] == ["--x", "1"]
+    assert run_recipe(failing(CacheError("two\nlines")), []) == 2
+    assert capsys.readouterr().err == "error: two\nlines\n"  # the message's own lines, nothing more
+    # A bare --debug is ours (removed from the recipe's arguments) and shows the traceback; so does the env var.
+    assert run_recipe(failing(DataError("bad")), ["--debug", "--alpha", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.endswith("error: bad\n") and seen[-1] == ["--alpha", "0.5"]
+    # --debug VALUE is TrainingArguments' option: kept for the recipe.
+    run_recipe(failing(DataError("bad")), ["--debug", "underflow_overflow"])
+    assert seen[-1] == ["--debug", "underflow_overflow"] and "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("HF_CKD_DEBUG", "1")
+    assert run_recipe(failing(DataError("bad")), []) == 2 and "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("HF_CKD_DEBUG", "0")
+    assert run_recipe(failing(DataError("bad")), []) == 2 and "Traceback" not in capsys.readouterr().err
+    assert run_recipe(lambda argv: {"eval_accuracy": 1.0}, []) == 0
+
+
+def test_run_recipe_keeps_the_traceback_of_unexpected_errors():
+    from hf_ckd.scripts._common import run_recipe
+
+    def crashes(argv):
+        raise RuntimeError("a bug")
+
+    def value_error_elsewhere(argv):
+        int("not a number")  # a ValueError, but not raised by hf_ckd: unexpected
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_recipe(crashes, [])
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_recipe(value_error_elsewhere, [])
+
+
+def test_an_unknown_argument_is_named_even_with_required_ones_missing():
+    from hf_ckd.scripts import distill_text, select_teachers
+    from hf_ckd.scripts._common import RecipeArgumentError
+
+    # distill_text needs --student_model_name_or_path and --output_dir: neither is given.
+    with pytest.raises(
+        RecipeArgumentError, match=r"^unknown argument --tempratur \(did you mean --temperature\?\)"
+    ):
+        distill_text.main(["--tempratur", "4", "--dataset_path", "d"])
+    with pytest.raises(RecipeArgumentError, match=r"^unknown arguments --foo, --bar"):
+        select_teachers.main(["--foo", "--bar=1"])
+    with pytest.raises(SystemExit):  # argparse's: the required ones, once nothing is unknown
+        select_teachers.main(["--output", "x.json"])
+
+
+def recipe_command(entry: str, name: str) -> list[str]:
+    return {
+        "hf-ckd": [sys.executable, "-m", "hf_ckd.scripts", name],
+        "module": [sys.executable, "-m", f"hf_ckd.scripts.{name}"],
+        "launcher": [sys.executable, str(ROOT / "recipes" / f"{name}.py")],
+    }[entry]
+
+
+def run_command(command: list[str], tmp_path, **env) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "HF_CKD_DEBUG"}
+    environment.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "name"),
+    [("hf-ckd", "distill_text"), ("module", "select_teachers"), ("launcher", "distill_cifar100")],
+)
+def test_a_missing_teacher_is_one_error_line_and_status_2(entry, name, tmp_path):
+    missing = str(tmp_path / "no_such_teacher")
+    argv = {
+        "distill_text": ["--teacher", missing, "--student_model_name_or_path", "s", "--dataset_path", "d"],
+        "select_teachers": ["--trajectory", missing, "--output", str(tmp_path / "selection.json")],
+        "distill_cifar100": ["--teacher", missing, "--dataset_path", "d"],
+    }[name]
+    if name != "select_teachers":
+        argv += ["--output_dir", str(tmp_path / "out"), "--report_to", "none", "--use_cpu"]
+    result = run_command([*recipe_command(entry, name), *argv], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.startswith("error: ") and missing in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    # The same with the traceback: HF_CKD_DEBUG=1, or --debug on the command line.
+    debug = run_command([*recipe_command(entry, name), *argv], tmp_path, HF_CKD_DEBUG="1")
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "TrajectoryError" in debug.stderr
+    assert debug.stderr.rstrip().splitlines()[-1].startswith("error: ")
+    if entry == "hf-ckd":
+        flag = run_command([*recipe_command(entry, name), *argv, "--debug"], tmp_path)
+        assert flag.returncode == 2 and "Traceback" in flag.stderr
+
+
+def test_an_unknown_flag_on_the_command_line(tmp_path):
+    result = run_command([*recipe_command("module", "distill_text"), "--foo", "3"], tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: unknown argument --foo")
+    assert "Traceback" not in result.stderr and "required" not in result.stderr
+    missing = run_command([*recipe_command("hf-ckd", "train_teacher"), "--output_dir", "x"], tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: the following arguments are required: --model_name")
+    assert len(missing.stderr.strip().splitlines()) == 1  # not the hundred-line usage

@@ -14,25 +14,37 @@ import torch
 import torch.nn.functional as F
 
 from .._options import KD_LOSS_MODES, check_alpha, check_choice, check_int, check_temperature
-from ._kernels import _chunk_grads, _linear_logits, _log_softmax_
+from ._kernels import _chunk_grads, _compute_dtype, _linear_logits, _log_softmax_, _matmul_dtype
 from .logit import ensemble_log_probs
 from .sampled import TeacherSamples, _as_teacher_samples, _kept_samples, _sampled_linear_kd
 
 
 class _TeacherHeads:
-    """M teachers as hidden states and LM heads; gives the tempered ensemble target for a range of rows."""
+    """M teachers as hidden states and LM heads; gives the tempered ensemble target for a range of rows, as
+    ``dtype`` (the loss's compute dtype, :func:`~hf_ckd.losses._kernels._compute_dtype`)."""
 
-    def __init__(self, hidden, weight, bias, temperature, weights, average):
+    def __init__(self, hidden, weight, bias, temperature, weights, average, dtype=torch.float32):
         self.hidden, self.weight, self.bias = hidden, weight, bias
         self.temperature, self.weights, self.average = temperature, weights, average
+        self.dtype = dtype
+        self._heads = None
+
+    def heads(self) -> list[torch.Tensor]:
+        """The head weights in the dtype of their matmul with the hidden states (cast once, not per chunk, when
+        a head has a lower precision than its hidden states)."""
+        if self._heads is None:
+            self._heads = [w.to(_matmul_dtype(h, w)) for h, w in zip(self.hidden, self.weight)]
+        return self._heads
 
     @torch.no_grad()
     def log_target(self, rows: slice) -> torch.Tensor:
-        """log P_ens^tau for ``rows``, ``[n, V]`` float32."""
+        """log P_ens^tau for ``rows``, ``[n, V]`` as ``self.dtype``."""
+        heads = self.heads()
         if len(self.hidden) == 1:  # one teacher: log-softmax in place (one [n, V] buffer, not three)
-            logits = _linear_logits(self.hidden[0][rows], self.weight[0], self.bias[0])  # a fresh tensor
+            # (a fresh tensor: the matmul's, or the bias's sum)
+            logits = _linear_logits(self.hidden[0][rows], heads[0], self.bias[0], self.dtype)
             return _log_softmax_(logits.div_(self.temperature))
-        logits = [_linear_logits(h[rows], w, b) for h, w, b in zip(self.hidden, self.weight, self.bias)]
+        logits = [_linear_logits(h[rows], w, b, self.dtype) for h, w, b in zip(self.hidden, heads, self.bias)]
         return ensemble_log_probs(logits, self.temperature, self.weights, self.average)
 
     def check_finite(self, value: torch.Tensor) -> None:
@@ -59,25 +71,29 @@ class _ChunkedLinearKD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, teachers, temperature, chunk_size, kd_weight, ce_weight):
+    def forward(
+        ctx, hidden, weight, bias, labels, teachers, temperature, chunk_size, kd_weight, ce_weight, dtype
+    ):
         tau = temperature
-        kd_sum = hidden.new_zeros((), dtype=torch.float32)
-        ce_sum = hidden.new_zeros((), dtype=torch.float32)
+        # The sums over positions are added up in float64 ([positions]-sized, so cheap): in float32 they would
+        # depend on the chunk size (docs/large_vocab.md, "Precision").
+        kd_sum = hidden.new_zeros((), dtype=torch.float64)
+        ce_sum = hidden.new_zeros((), dtype=torch.float64)
         grads_needed = tuple(ctx.needs_input_grad[:3])
         if bias is None:
             grads_needed = (grads_needed[0], grads_needed[1], False)
         with_grad = any(grads_needed)
 
         def chunk(rows, logits):
-            # ``logits`` is this chunk's fresh float32 [n, V] buffer: it is turned into the gradient in place,
-            # so a chunk holds three [n, V] buffers at most (logits, log P_T, P_T).
+            # ``logits`` is this chunk's fresh [n, V] buffer (in ``dtype``): it is turned into the gradient in
+            # place, so a chunk holds three [n, V] buffers at most (logits, log P_T, P_T).
             nonlocal kd_sum, ce_sum
-            loss = logits.new_zeros(())
+            loss = logits.new_zeros((), dtype=torch.float64)
             grad_logits = None
             if ce_weight:
-                label_logits = logits.gather(1, labels[rows, None]).sum()
+                label_logits = logits.gather(1, labels[rows, None]).squeeze(1)
                 log_norm = torch.logsumexp(logits, dim=-1)
-                ce = log_norm.sum() - label_logits
+                ce = (log_norm - label_logits).sum(dtype=torch.float64)
                 ce_sum = ce_sum + ce
                 loss = loss + ce_weight * ce
                 if with_grad:  # d CE / dz = softmax(z) - onehot(y)
@@ -88,8 +104,10 @@ class _ChunkedLinearKD(torch.autograd.Function):
                 log_target = teachers.log_target(rows)
                 log_student = _log_softmax_(logits.div_(tau))  # logits is not needed again
                 target = log_target.exp()
-                # KL = sum P (log P - log q); the difference is formed in log P's buffer (no temporary).
-                kl = torch.dot(target.view(-1), log_target.sub_(log_student).view(-1))
+                # KL_i = sum_v P (log P - log q), formed in log P's buffer (no temporary) and summed per row:
+                # not one dot product over the chunk's [n * V] values, which BLAS adds up in a few running
+                # float32 sums (relative error 1e-4 to 1e-3 at 1024 x 32768), the rows then added in float64.
+                kl = log_target.sub_(log_student).mul_(target).sum(dim=-1).sum(dtype=torch.float64)
                 del log_target
                 kd_sum = kd_sum + kl
                 loss = loss + kd_weight * tau**2 * kl
@@ -101,19 +119,20 @@ class _ChunkedLinearKD(torch.autograd.Function):
 
         with torch.no_grad():
             loss, grad_hidden, grad_weight, grad_bias = _chunk_grads(
-                hidden, weight, bias, chunk, chunk_size, grads_needed
+                hidden, weight, bias, chunk, chunk_size, grads_needed, dtype
             )
         if kd_weight:
             teachers.check_finite(kd_sum)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        loss, kd_sum, ce_sum = loss.to(dtype), (tau**2 * kd_sum).to(dtype), ce_sum.to(dtype)
         ctx.mark_non_differentiable(kd_sum, ce_sum)
-        return loss, tau**2 * kd_sum, ce_sum
+        return loss, kd_sum, ce_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_kd, _grad_ce):
         # The stored gradients are not needed again: scale them in place (no second copy of dL/dW).
         grads = [g.mul_(grad_loss.to(g.dtype)) if g is not None else None for g in ctx.saved_tensors]
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def _as_list(x) -> list:
@@ -201,6 +220,11 @@ def linear_distillation_loss(
       ``storage="sampled"``): then no teacher is needed and ``num_samples`` is the number of uniform ids per
       position. Only the student's rows at the sampled ids get gradients.
 
+    Hidden states, heads and biases may be float64, float32, bfloat16 or float16, in any mix: the maths run in
+    float64 when any input is float64, else in float32 (the loss comes back in that dtype), the matmuls in
+    the promoted dtype of each hidden state and its head, and every gradient comes back in its input's dtype
+    (docs/large_vocab.md, "Precision and dtypes").
+
     Args:
         student_hidden: ``[..., Hs]``, flattened to ``[N, Hs]`` (positions already aligned with ``labels``:
             for causal LMs, shift the labels first).
@@ -281,11 +305,19 @@ def linear_distillation_loss(
     teacher_hidden = [h[keep] for h in teacher_hidden]
     kept_labels = flat_labels[keep]
     samples = _kept_samples(teacher_samples, labels, vocab, keep) if teacher_samples is not None else None
-    teachers = _TeacherHeads(teacher_hidden, teacher_weight, teacher_bias, temperature, weights, average)
+    # The softmax/KL maths run in float32, or float64 when any input is (half precision is upcast); the
+    # matmuls in each side's own (promoted) dtype.
+    dtype = _compute_dtype(
+        hidden, student_head_weight, student_head_bias, *teacher_hidden, *teacher_weight, *teacher_bias,
+        *(samples[1:] if samples is not None else ()),
+    )  # fmt: skip
+    teachers = _TeacherHeads(
+        teacher_hidden, teacher_weight, teacher_bias, temperature, weights, average, dtype
+    )
     with_kd, with_ce = alpha < 1, alpha > 0
 
     if mode == "full":
-        logits = _linear_logits(hidden, student_head_weight, student_head_bias)
+        logits = _linear_logits(hidden, student_head_weight, student_head_bias, dtype)
         log_target = teachers.log_target(slice(0, hidden.shape[0])) if with_kd else None
         kd_sum = (
             temperature**2
@@ -301,12 +333,12 @@ def linear_distillation_loss(
         kd_weight, ce_weight = (1 - alpha) if with_kd else 0.0, alpha if with_ce else 0.0
         loss_sum, kd_sum, ce_sum = _ChunkedLinearKD.apply(
             hidden, student_head_weight, student_head_bias, kept_labels, teachers, temperature, chunk_size,
-            kd_weight, ce_weight,
+            kd_weight, ce_weight, dtype,
         )  # fmt: skip
     else:
         kd_sum, ce_sum = _sampled_linear_kd(
             hidden, student_head_weight, student_head_bias, kept_labels, teachers, temperature, chunk_size,
-            num_samples, generator, sampled_normalizer, proposal_teacher_mass, with_kd, with_ce, samples,
+            num_samples, generator, sampled_normalizer, proposal_teacher_mass, with_kd, with_ce, samples, dtype,
         )  # fmt: skip
         loss_sum = alpha * ce_sum + (1 - alpha) * kd_sum
 

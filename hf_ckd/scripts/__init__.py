@@ -8,6 +8,11 @@ Each recipe is a module with a ``main(argv=None)``, runnable three ways::
 
 ``hf-ckd --help`` lists the recipes and ``hf-ckd RECIPE --help`` a recipe's arguments. Listing them imports
 nothing heavy: a recipe's module (and torch, transformers) is imported only when it runs.
+
+Every command-line entry point (these three and the ``recipes/*.py`` launchers) goes through
+``hf_ckd.scripts._common.run_recipe``: bad input (hf_ckd's own errors, the arguments' checks, an unknown
+argument) prints ``error: <message>`` without a traceback and exits with status 2; ``--debug`` or
+``HF_CKD_DEBUG=1`` shows the traceback. A recipe's ``main(argv)`` called from Python raises as usual.
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``hf-ckd RECIPE ARGS...``: run ``RECIPE``'s ``main(ARGS)``. Returns the exit status."""
+    """``hf-ckd RECIPE ARGS...``: run ``RECIPE``'s ``main(ARGS)`` through ``run_recipe``. Returns the exit
+    status (2 for bad input, printed as one ``error:`` line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -94,10 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as err:
         print(f"{PROG}: error: {err.args[0]}\n\n{usage()}", file=sys.stderr)
         return 2
+    from ._common import run_recipe
+
     # argparse names the program after sys.argv[0]: `hf-ckd distill_text --help` shows that usage line.
     saved, sys.argv = sys.argv, [f"{PROG} {argv[0]}", *argv[1:]]
     try:
-        importlib.import_module(module).main(argv[1:])
+        # Bad input: one `error:` line and status 2 (--debug or HF_CKD_DEBUG=1: with the traceback).
+        return run_recipe(importlib.import_module(module).main, argv[1:])
     finally:
         sys.argv = saved
-    return 0

@@ -1,28 +1,182 @@
-"""What the recipes in ``hf_ckd.scripts`` share: argument parsing (with config files), the image data
-arguments, the CIFAR schedule defaults, logging, and the standard ending of a Trainer run (the transformers
-examples' train / save / metrics / state / eval / card / push)."""
+"""What the recipes in ``hf_ckd.scripts`` share: the command-line entry point (:func:`run_recipe`: bad input
+is one ``error:`` line and exit status 2), argument parsing (with config files), the image data arguments, the
+CIFAR schedule defaults, logging, resuming from the latest complete checkpoint, and the standard ending of a
+Trainer run (the transformers examples' train / save / metrics / state / eval / card / push)."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# The hf_ckd package folder: a ValueError raised by code in it is one of hf_ckd's argument checks.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+DEBUG_ENV = "HF_CKD_DEBUG"
+# transformers.debug_utils.DebugOption: `--debug VALUE` is TrainingArguments' option; a bare --debug is ours.
+_TRAINING_DEBUG_VALUES = ("underflow_overflow", "tpu_metrics_debug")
+
+
+class RecipeArgumentError(ValueError):
+    """A recipe's command line or config file cannot be parsed: an unknown argument, a missing file."""
+
+
+def _mark_bad_input(err: BaseException) -> None:
+    err._hf_ckd_bad_input = True  # raised while parsing the arguments: the user's input, not a bug
+
+
+def is_bad_input(err: BaseException) -> bool:
+    """Whether ``err`` is one of hf_ckd's clear errors about the user's input, printed without a traceback.
+
+    That is a ``ValueError`` which is one of hf_ckd's error classes (``TrajectoryError``, ``HubError``,
+    ``TeacherLoadError``, ``ScheduleError``, ``OptionError``, ``CacheError``, ``SelectionError``, ``DataError``
+    ...: every one is a ``ValueError``), or was raised by hf_ckd's own code (the recipes' argument checks and the
+    helpers they call, e.g. ``hf_ckd.text``), or while the recipe's arguments were parsed (a dataclass's
+    ``__post_init__``, ``TrainingArguments``' own checks). A ``ValueError`` from deeper down (torch, datasets,
+    transformers at run time) and every other exception keep their traceback.
+    """
+    if not isinstance(err, ValueError):
+        return False
+    if getattr(err, "_hf_ckd_bad_input", False):
+        return True
+    if any(cls.__module__.split(".")[0] == "hf_ckd" for cls in type(err).__mro__):
+        return True
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    where = os.path.realpath(tb.tb_frame.f_code.co_filename)
+    return where.startswith(_PACKAGE_DIR + os.sep)
+
+
+def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """``(debug, argv without our --debug)``: a bare ``--debug`` is hf_ckd's (removed); ``--debug VALUE`` with a
+    ``DebugOption`` value is ``TrainingArguments``' (kept) and shows tracebacks too; so does ``HF_CKD_DEBUG=1``."""
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    kept = []
+    for i, arg in enumerate(argv):
+        if arg == "--debug":
+            debug = True
+            following = argv[i + 1] if i + 1 < len(argv) else ""
+            if following not in _TRAINING_DEBUG_VALUES:
+                continue
+        elif arg.startswith("--debug="):
+            debug = True
+        kept.append(arg)
+    return debug, kept
+
+
+def run_recipe(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:
+    """Run a recipe's ``main(argv)`` from the command line; returns the exit status.
+
+    Every command-line entry point goes through here: ``hf-ckd RECIPE`` (and ``python -m hf_ckd.scripts``),
+    ``python -m hf_ckd.scripts.RECIPE`` and ``python recipes/RECIPE.py``. Bad input (:func:`is_bad_input`) prints
+    ``error: <message>`` to stderr, without a traceback, and returns 2; ``--debug`` on the command line or
+    ``HF_CKD_DEBUG=1`` in the environment prints the traceback before it. Any other exception propagates with
+    its traceback. ``main()`` called from Python is not wrapped: it raises as it always did.
+    """
+    debug, argv = _debug_requested(list(sys.argv[1:] if argv is None else argv))
+    try:
+        main(argv)
+    except Exception as err:
+        if not is_bad_input(err):
+            raise
+        if debug:
+            traceback.print_exception(err)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _short_parser_errors(parser) -> None:
+    """argparse's own errors (a missing required argument, a bad choice) as one ``error:`` line, not the
+    hundred-line usage of ``TrainingArguments``; still ``SystemExit(2)``."""
+
+    def error(message: str):
+        parser.exit(2, f"error: {message} ('{parser.prog} --help' lists the arguments)\n")
+
+    parser.error = error
+
+
+def _check_unknown_arguments(parser, argv: list[str]) -> None:
+    """Name unknown arguments before anything else: argparse reports missing required arguments first, and
+    ``HfArgumentParser`` the unknown ones only once every required one is there."""
+    required = [action for action in parser._actions if action.required]
+    for action in required:
+        action.required = False
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    finally:
+        for action in required:
+            action.required = True
+    if not unknown:
+        return
+    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+    if not flags:
+        raise RecipeArgumentError(
+            f"unexpected argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)} (arguments are --name value "
+            "pairs, or a lone .json/.yaml config file)"
+        )
+    known = [option for action in parser._actions for option in action.option_strings]
+    hints = []
+    for flag in flags:
+        close = difflib.get_close_matches(flag, known, n=1)
+        if close:
+            hints.append(
+                f"did you mean {close[0]}?" if len(flags) == 1 else f"{flag}: did you mean {close[0]}?"
+            )
+    raise RecipeArgumentError(
+        f"unknown argument{'s' if len(flags) > 1 else ''} {', '.join(flags)}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + f"; '{parser.prog} --help' lists the arguments"
+    )
+
+
+def _parse_config_file(parser, path: str) -> tuple[Any, ...]:
+    if not os.path.isfile(path):
+        raise RecipeArgumentError(f"config file '{path}' does not exist")
+    try:
+        if path.endswith(".json"):
+            return parser.parse_json_file(os.path.abspath(path))
+        return parser.parse_yaml_file(os.path.abspath(path))
+    except ValueError as err:  # unknown keys, a value a dataclass refuses (JSONDecodeError is one too)
+        if type(err).__module__.startswith("json"):
+            raise RecipeArgumentError(f"config file '{path}' is not valid JSON: {err}") from err
+        _mark_bad_input(err)
+        raise
+    except TypeError as err:  # a required argument missing: the dataclass's __init__ says which
+        raise RecipeArgumentError(f"config file '{path}': {err}") from err
+    except Exception as err:
+        if type(err).__module__.startswith("yaml"):
+            raise RecipeArgumentError(f"config file '{path}' is not valid YAML: {err}") from err
+        raise
+
 
 def parse_recipe_args(parser, argv: Sequence[str]) -> tuple[Any, ...]:
-    """Parse ``argv`` with an ``HfArgumentParser``; a lone ``.json``/``.yaml`` argument is a config file."""
+    """Parse ``argv`` with an ``HfArgumentParser``; a lone ``.json``/``.yaml`` argument is a config file.
+
+    An unknown argument is a :class:`RecipeArgumentError` that names it (and the closest known one), even when
+    required arguments are missing too; argparse's own errors are one ``error:`` line (``SystemExit(2)``); a
+    ``ValueError`` of the arguments' checks is raised as it is, marked as bad input for :func:`run_recipe`.
+    """
     argv = list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(argv)
+    _short_parser_errors(parser)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        return _parse_config_file(parser, argv[0])
+    _check_unknown_arguments(parser, argv)
+    try:
+        return parser.parse_args_into_dataclasses(argv)
+    except ValueError as err:
+        _mark_bad_input(err)
+        raise
 
 
 @dataclass
@@ -167,16 +321,44 @@ def setup_logging(training_args) -> None:
 
 
 def last_checkpoint(output_dir: str, overwrite: bool) -> str | None:
-    """The checkpoint an interrupted run left in ``output_dir`` (resumed as the transformers examples do),
-    or ``None`` with ``overwrite`` or when there is none."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The latest complete checkpoint an interrupted run left in ``output_dir`` (resumed as the transformers
+    examples do, but skipping, with a warning, the ``checkpoint-N/`` a kill during a save left incomplete:
+    ``hf_ckd.data.last_complete_checkpoint``), or ``None`` with ``overwrite`` or when there is none."""
+    from hf_ckd.data import last_complete_checkpoint
 
     if overwrite or not os.path.isdir(output_dir):
         return None
-    checkpoint = get_last_checkpoint(output_dir)
+    checkpoint = last_complete_checkpoint(output_dir)
     if checkpoint is not None:
         logger.info("Resuming from %s; pass --overwrite_output_dir to start from scratch.", checkpoint)
     return checkpoint
+
+
+def resolve_resume(output_dir: str, requested: str | bool | None) -> str | None:
+    """``--resume_from_checkpoint`` as the Trainer should get it: ``true`` is the latest complete checkpoint
+    of ``output_dir`` (the Trainer's own ``True`` takes the highest step, complete or not), a folder must be a
+    complete checkpoint. A ``DataError`` names the folder and what is missing."""
+    from hf_ckd.data import DataError, checkpoint_incomplete, last_complete_checkpoint
+
+    if requested is None or requested is False or requested == "":
+        return None
+    if requested is True or (isinstance(requested, str) and requested.strip().lower() == "true"):
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise DataError(
+                f"--resume_from_checkpoint true: --output_dir '{output_dir}' holds no complete checkpoint-<step> "
+                "folder to resume from. Drop --resume_from_checkpoint to start from scratch."
+            )
+        return checkpoint
+    if os.path.isdir(requested):
+        problem = checkpoint_incomplete(requested)
+        if problem is not None:
+            earlier = last_complete_checkpoint(os.path.dirname(os.path.abspath(requested)))
+            raise DataError(
+                f"--resume_from_checkpoint '{requested}' is incomplete: {problem} (a save that did not finish). "
+                + (f"Resume from '{earlier}' instead." if earlier else "Start from scratch without it.")
+            )
+    return requested
 
 
 def train_and_report(
@@ -184,7 +366,9 @@ def train_and_report(
 ) -> dict[str, float]:
     """Train, then save the model, the train and eval metrics (``all_results.json``), the state, and the
     model card, or push to the Hub with ``args.push_to_hub``. Returns the metrics."""
-    checkpoint = trainer.args.resume_from_checkpoint or resume_from_checkpoint
+    checkpoint = resolve_resume(
+        trainer.args.output_dir, trainer.args.resume_from_checkpoint or resume_from_checkpoint
+    )
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     metrics = dict(result.metrics)

@@ -31,7 +31,12 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from hf_ckd import CheckpointDistillConfig
-from hf_ckd.scripts._common import CifarScheduleDefaults, ImageDataArguments, parse_recipe_args
+from hf_ckd.scripts._common import (
+    CifarScheduleDefaults,
+    ImageDataArguments,
+    parse_recipe_args,
+    run_recipe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -178,4 +183,4 @@ def replayed_train(timm_model, raw_train, data_args, cache_args):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_recipe(main))

@@ -39,7 +39,7 @@ from transformers import HfArgumentParser
 
 from hf_ckd.config import CheckpointDistillConfig
 from hf_ckd.modeling import PIPELINE_TAGS
-from hf_ckd.scripts._common import parse_recipe_args
+from hf_ckd.scripts._common import parse_recipe_args, run_recipe
 from hf_ckd.text import TASKS
 
 logger = logging.getLogger(__name__)
@@ -317,4 +317,4 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Che
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_recipe(main))

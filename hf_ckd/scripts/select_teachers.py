@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from hf_ckd.scripts._common import parse_recipe_args
+from hf_ckd.scripts._common import parse_recipe_args, run_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -236,4 +236,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_recipe(main))

@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from hf_ckd.scripts._common import CifarScheduleDefaults, ImageDataArguments, parse_recipe_args
+from hf_ckd.scripts._common import (
+    CifarScheduleDefaults,
+    ImageDataArguments,
+    parse_recipe_args,
+    run_recipe,
+)
 
 logger = logging.getLogger(__name__)
 TASKS = ("image-classification", "text-classification", "causal-lm")
@@ -233,4 +238,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_recipe(main))

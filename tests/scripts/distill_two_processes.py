@@ -53,6 +53,8 @@ def main(teacher: str, output_dir: str, batch: int) -> None:
     }
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as f:
         json.dump(info, f)
+    state.wait_for_everyone()
+    state.destroy_process_group()  # tear gloo down before interpreter exit, not during it
 
 
 if __name__ == "__main__":
