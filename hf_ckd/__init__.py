@@ -23,6 +23,7 @@ _EXPORTS = {
     "Checkpoint": "trajectory",
     "CheckpointDistillConfig": "config",
     "CheckpointDistillTrainer": "trainer",
+    "StudentOutputError": "trainer",
     "HubError": "hub",
     "LiveTeachers": "sources",
     "ProgressiveSchedule": "schedules",
@@ -53,6 +54,7 @@ __all__ = [
     "ProgressiveSchedule",
     "ScheduledTeachers",
     "StaticSchedule",
+    "StudentOutputError",
     "TeacherEnsemble",
     "TeacherLoadError",
     "TeacherOutputError",
@@ -81,7 +83,7 @@ if TYPE_CHECKING:
         build_teacher_source,
     )
     from .teachers import TeacherEnsemble, TeacherLoadError, TeacherOutputError, load_teacher
-    from .trainer import CheckpointDistillTrainer
+    from .trainer import CheckpointDistillTrainer, StudentOutputError
     from .trajectory import Checkpoint, Trajectory, TrajectoryError, load_trajectory
 
 

@@ -102,3 +102,29 @@ def eval_metrics_at(log_history: list[dict[str, Any]], step: int) -> dict[str, f
                 {k: v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, int | float)}
             )
     return metrics
+
+
+def read_trainer_state(path: str) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.json``, with the fields hf_ckd reads checked: ``global_step`` an integer
+    >= 0, ``epoch`` a number, ``log_history`` a list of objects. A file that parses but holds other types
+    raises a :class:`TrajectoryError` naming the file and the field."""
+    state = read_json_file(path)
+    problem = None
+    if not isinstance(state, dict):
+        problem = f"holds a JSON {type(state).__name__}, not an object"
+    else:
+        step, epoch, history = state.get("global_step"), state.get("epoch"), state.get("log_history")
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+            problem = f"has global_step={step!r}, not an integer >= 0"
+        elif epoch is not None and (not isinstance(epoch, int | float) or isinstance(epoch, bool)):
+            problem = f"has epoch={epoch!r}, not a number"
+        elif history is not None and (
+            not isinstance(history, list) or not all(isinstance(e, dict) for e in history)
+        ):
+            problem = "has a log_history that is not a list of objects"
+    if problem is not None:
+        raise TrajectoryError(
+            f"'{path}' {problem}: it was not written by transformers.Trainer or was edited. Restore it from the "
+            "training run, or delete it so the step is read from the folder name."
+        )
+    return state

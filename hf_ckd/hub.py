@@ -46,7 +46,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from ._constants import CHECKPOINT_DIR_RE, CONFIG_NAME, HUB_PREFIX, TOKENIZER_FILE_NAMES, TRAINER_STATE_NAME
-from .checkpoint import Checkpoint, HubRepo, TrajectoryError, eval_metrics_at, read_json_file
+from .checkpoint import Checkpoint, HubRepo, TrajectoryError, eval_metrics_at, read_trainer_state
 
 SAFETENSORS_FILE_RE = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$|^model\.safetensors\.index\.json$")
 PICKLE_FILE_RE = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$|^pytorch_model\.bin\.index\.json$")
@@ -403,7 +403,7 @@ def hub_checkpoints(
 
 def _read_state(repo: HubRepo, revision: str, filename: str) -> dict[str, Any] | None:
     path = _download(repo, revision, filename)
-    return read_json_file(path) if path is not None else None
+    return read_trainer_state(path) if path is not None else None
 
 
 def fetch_checkpoint(checkpoint: Checkpoint) -> Checkpoint:

@@ -201,3 +201,16 @@ def pipeline_tag(obj: Any) -> str | None:
         if name in {n for v in mapping.values() for n in ((v,) if isinstance(v, str) else v)}:
             return tag
     return None
+
+
+POSITION_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx")
+
+
+def max_positions(config: Any) -> int | None:
+    """The number of positions a config's model embeds (``max_position_embeddings``, ``n_positions`` or
+    ``n_ctx``), or ``None`` when it has no such limit."""
+    for name in POSITION_ATTRIBUTES:
+        value = _get(config, name)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -346,17 +346,35 @@ def load_selection(path: str) -> dict[str, Any]:
     return content
 
 
+def _same_source(a: str, b: str) -> bool:
+    """Whether two trajectory sources name the same run: the same Hub repo id, or the same local folder."""
+    if a == b:
+        return True
+    local = [os.path.exists(x) for x in (a, b)]
+    return all(local) and os.path.realpath(a) == os.path.realpath(b)
+
+
 def read_selection(path: str, trajectory: Trajectory | None = None) -> list[str]:
     """The selected checkpoint names of a ``selection.json``, checked against ``trajectory`` when given."""
     content = load_selection(path)
     selected = content["selected"]
     if trajectory is not None:
+        written = content.get("source")
         missing = [name for name in selected if name not in trajectory.names]
+        problems = []
+        if written is not None and not _same_source(written, trajectory.source):
+            problems.append(
+                f"was written for trajectory '{written}', but this run's teacher is '{trajectory.source}' (its "
+                "scores rank another run's checkpoints, even where the names agree)"
+            )
         if missing:
+            problems.append(
+                f"names checkpoints {missing} that trajectory '{trajectory.source}' does not have ({trajectory.names})"
+            )
+        if problems:
             raise TrajectoryError(
-                f"Selection file '{path}' (written for '{content.get('source')}') names checkpoints {missing} that "
-                f"trajectory '{trajectory.source}' does not have ({trajectory.names}). Re-run hf-ckd select_teachers "
-                "on this trajectory."
+                f"Selection file '{path}' {' and '.join(problems)}. Re-run hf-ckd select_teachers on this "
+                "trajectory (or pass teacher_checkpoints instead)."
             )
     return selected
 

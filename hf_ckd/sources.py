@@ -31,7 +31,7 @@ from torch import nn
 from .cache import CacheError, ReplayViews, SoftTargetCache, run_fingerprint
 from .hub import fetch_checkpoint
 from .losses import ensemble_log_probs
-from .schedules import TeacherSchedule, check_resume_state, schedule_from_args
+from .schedules import StaticSchedule, TeacherSchedule, check_resume_state, schedule_from_args
 from .selection import teacher_spec
 from .teachers import (
     TeacherEnsemble,
@@ -149,12 +149,43 @@ class TeacherSource:
     def check_run(self, args: Any, train_dataset: Any) -> None:
         """Refuse settings or training data these targets cannot serve (before ``Trainer.__init__``)."""
 
-    def resume_state(self) -> dict[str, Any] | None:
-        """What a resumed run must match and continue (saved in ``trainer_state.json``); ``None``: nothing."""
-        return None
+    @property
+    def schedule(self) -> TeacherSchedule:
+        """Who teaches when; for a static source, its checkpoints and weights for the whole run."""
+        return StaticSchedule(self.checkpoints, self.weights)
+
+    def resume_state(self) -> dict[str, Any]:
+        """What a resumed run must match and continue (saved in ``trainer_state.json``): the schedule's
+        identity (kind, checkpoint names and steps, options such as the ensemble weights)."""
+        return {
+            "schedule": self.schedule.identity(),
+            "active": [c.name for c in self.checkpoints],
+            "since": 0,
+        }
 
     def check_resume(self, saved: Any, global_step: int, max_steps: int) -> None:
-        """Refuse a saved state (from :meth:`resume_state` of the run being resumed) that does not match."""
+        """Refuse a saved state (from :meth:`resume_state` of the run being resumed) written for other
+        teachers, checkpoints or schedule options, before the first step: a resumed run that continued with
+        them would name teachers in its lineage that never taught its first steps."""
+        if isinstance(saved, list):  # several states were saved (older hf_ckd): the last is the run's
+            saved = saved[-1] if saved else None
+        if isinstance(saved, dict) and "args" in saved:  # the TrainerCallback state layout of older hf_ckd
+            saved = saved["args"]
+        if isinstance(saved, dict) and saved.get("schedule") is not None:
+            check_resume_state(saved, self.schedule)
+            if global_step and saved.get("max_steps") not in (None, max_steps):
+                logger.warning(
+                    "The teacher schedule was saved for max_steps=%s but this run has max_steps=%s: the schedule "
+                    "is recomputed for the new length, so the checkpoints may change at other steps than before.",
+                    saved["max_steps"],
+                    max_steps,
+                )
+        elif global_step:
+            logger.warning(
+                "Resuming at step %d from a checkpoint without a teacher-schedule state (written by a static run "
+                "or an older hf_ckd): the schedule continues from the step alone.",
+                global_step,
+            )
 
     # ---- targets ------------------------------------------------------------------------------------
 
@@ -240,7 +271,7 @@ class ScheduledTeachers(TeacherSource):
     ):
         count = len(schedule.checkpoints)
         super().__init__(schedule.checkpoints, [1 / count] * count, average, origin, trajectory)
-        self.schedule = schedule
+        self._schedule = schedule
         self._load = load
         self._placer: Placer | None = None
         self._ensemble: TeacherEnsemble | None = None
@@ -268,6 +299,10 @@ class ScheduledTeachers(TeacherSource):
     @property
     def ensemble(self) -> TeacherEnsemble | None:
         return self._ensemble
+
+    @property
+    def schedule(self) -> TeacherSchedule:
+        return self._schedule
 
     @property
     def active(self) -> list[str]:
@@ -337,27 +372,6 @@ class ScheduledTeachers(TeacherSource):
             "active": self.active,
             "since": self.since,
         }
-
-    def check_resume(self, saved: Any, global_step: int, max_steps: int) -> None:
-        if isinstance(saved, list):  # several states were saved (older hf_ckd): the last is the run's
-            saved = saved[-1] if saved else None
-        if isinstance(saved, dict) and "args" in saved:  # the TrainerCallback state layout of older hf_ckd
-            saved = saved["args"]
-        if isinstance(saved, dict) and saved.get("schedule") is not None:
-            check_resume_state(saved, self.schedule)
-            if global_step and saved.get("max_steps") not in (None, max_steps):
-                logger.warning(
-                    "The teacher schedule was saved for max_steps=%s but this run has max_steps=%s: the schedule "
-                    "is recomputed for the new length, so the checkpoints may change at other steps than before.",
-                    saved["max_steps"],
-                    max_steps,
-                )
-        elif global_step:
-            logger.warning(
-                "Resuming at step %d from a checkpoint without a teacher-schedule state (written by a static run "
-                "or an older hf_ckd): the schedule continues from the step alone.",
-                global_step,
-            )
 
 
 class CachedTargets(TeacherSource):

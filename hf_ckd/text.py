@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .modeling import CAUSAL_LM, TEXT_CLASSIFICATION, auto_model_class, model_task
+from .modeling import CAUSAL_LM, TEXT_CLASSIFICATION, auto_model_class, max_positions, model_task
 
 logger = logging.getLogger(__name__)
 
@@ -29,19 +29,8 @@ TASKS = (TEXT_CLASSIFICATION, CAUSAL_LM)
 # A folder holding one of these files holds a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
 # Config attributes that give the number of positions a model embeds, by model family.
-POSITION_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx")
 # Longest causal-LM block by default (run_clm's cap).
 DEFAULT_MAX_BLOCK = 1024
-
-
-def max_positions(config: Any) -> int | None:
-    """The number of positions a config's model embeds (``max_position_embeddings``, ``n_positions`` or
-    ``n_ctx``), or ``None`` when it has no such limit."""
-    for name in POSITION_ATTRIBUTES:
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def holds_tokenizer(path: str) -> bool:

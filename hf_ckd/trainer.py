@@ -17,12 +17,19 @@ from .callbacks import TeacherSourceCallback
 from .config import CheckpointDistillConfig
 from .export import build_model_card, export_timm_folder, is_checkpoint_folder
 from .losses import ensemble_kd_loss, linear_distillation_loss, shift_for_causal_lm
-from .modeling import is_causal_lm, is_timm_model
+from .modeling import is_causal_lm, is_timm_model, max_positions
 from .schedules import TeacherSchedule
 from .sources import TeacherSource, build_teacher_source
 from .teachers import TeacherEnsemble, TeacherLoadError, TeacherModelInit, model_logits
+from .trajectory import Checkpoint
 
 LABEL_KEYS = ("labels", "shift_labels")
+
+
+class StudentOutputError(RuntimeError):
+    """The student's loss became NaN or Inf during training (raised before the step's backward)."""
+
+
 NON_STUDENT_INPUTS = (*LABEL_KEYS, *CACHE_KEYS)
 
 
@@ -75,6 +82,7 @@ class CheckpointDistillTrainer(Trainer):
         teacher_model_init: TeacherModelInit | None = None,
         teacher_schedule: TeacherSchedule | None = None,
         teacher_source: TeacherSource | None = None,
+        teacher_model: nn.Module | str | None = None,
         **kwargs,
     ):
         if kwargs.get("compute_loss_func") is not None:
@@ -86,6 +94,8 @@ class CheckpointDistillTrainer(Trainer):
             raise TypeError(
                 f"CheckpointDistillTrainer needs args=CheckpointDistillConfig(...), got {type(args).__name__}."
             )
+        if teacher_model is not None:  # TRL's keyword: one teacher, an instance or a path / hub:ORG/NAME spec
+            teachers = _teacher_from_model(teacher_model, args, teachers, teacher_source, teacher_schedule)
         if teacher_source is not None and (teachers is not None or teacher_schedule is not None):
             raise ValueError(
                 "teacher_source= already holds the teachers: do not pass teachers= or teacher_schedule=."
@@ -145,10 +155,56 @@ class CheckpointDistillTrainer(Trainer):
         if self._linear_kd:
             self._check_linear_kd(student)
         self._kd_draws = (-1, 0)  # (global step, draws made at it): seeds kd_loss='sampled' reproducibly
+        self._input_limits = self._limits(student)
         # Teachers go where the student is, never into DDP/FSDP wrappers; their forwards run under the
         # accelerator's autocast (mixed precision), as the student's do.
         device = self.accelerator.device
         self.teacher_source.place(lambda teacher: teacher.to(device), self.accelerator.autocast)
+
+    def _limits(self, student: nn.Module) -> dict[str, tuple[int, str]]:
+        """The smallest vocabulary and number of positions that the student and the teachers embed, with the
+        model that sets each: token ids or sequence lengths beyond them would fail as an IndexError deep
+        inside an embedding, so batches are checked against them first."""
+        try:
+            teacher_config = self.teacher_source.teacher_config()
+        except Exception:  # a plain module without config.json: nothing to read
+            teacher_config = None
+        embeddings = student.get_input_embeddings() if hasattr(student, "get_input_embeddings") else None
+        found: dict[str, list[tuple[int, str]]] = {"vocab": [], "positions": []}
+        if isinstance(getattr(embeddings, "num_embeddings", None), int):
+            found["vocab"].append((embeddings.num_embeddings, "the student"))
+        for config, who in (
+            (getattr(student, "config", None), "the student"),
+            (teacher_config, "the teachers"),
+        ):
+            if config is None:
+                continue
+            if who == "the teachers" and isinstance(getattr(config, "vocab_size", None), int):
+                found["vocab"].append((config.vocab_size, who))
+            if (positions := max_positions(config)) is not None:
+                found["positions"].append((positions, who))
+        return {key: min(values) for key, values in found.items() if values}
+
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
+        ids = inputs.get("input_ids")
+        if not isinstance(ids, torch.Tensor) or ids.numel() == 0 or ids.is_floating_point():
+            return
+        if "positions" in self._input_limits and ids.shape[-1] > self._input_limits["positions"][0]:
+            limit, who = self._input_limits["positions"]
+            raise ValueError(
+                f"The batch holds sequences of {ids.shape[-1]} tokens but {who} embed(s) only {limit} positions "
+                "(max_position_embeddings / n_positions). Cut the data into shorter blocks (block_size / "
+                "max_length) or use models with more positions."
+            )
+        if "vocab" in self._input_limits:
+            limit, who = self._input_limits["vocab"]
+            largest = int(ids.max())
+            if largest >= limit or int(ids.min()) < 0:
+                raise ValueError(
+                    f"The batch holds token id {largest if largest >= limit else int(ids.min())} but {who} embed(s) "
+                    f"ids 0..{limit - 1} (vocab_size {limit}). Tokenise with the teacher's tokenizer, or build the "
+                    "student with the teacher's vocabulary."
+                )
 
     @property
     def teachers(self) -> TeacherEnsemble | None:
@@ -190,12 +246,18 @@ class CheckpointDistillTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         training = model.training
+        self._check_inputs(inputs)
         labels, pre_shifted = inputs.get("labels"), False
         if inputs.get("shift_labels") is not None:
             labels, pre_shifted = inputs["shift_labels"], True
         alpha = self.args.alpha if training else 1.0  # evaluation scores the student alone
-        if training and self._linear_kd and alpha < 1 and labels is not None:
-            return self._compute_linear_kd_loss(model, inputs, labels, pre_shifted, alpha, num_items_in_batch)
+        if training and self._linear_kd and alpha < 1:  # the kd_loss mode the user chose, labels or not
+            has_labels = labels is not None
+            if not has_labels:
+                labels, pre_shifted = self._pure_kd_labels(inputs, alpha), False
+            return self._compute_linear_kd_loss(
+                model, inputs, labels, pre_shifted, alpha, num_items_in_batch, has_labels
+            )
         outputs = model(**{k: v for k, v in inputs.items() if k not in NON_STUDENT_INPUTS})
         student_logits = model_logits(outputs)
 
@@ -225,6 +287,8 @@ class CheckpointDistillTrainer(Trainer):
             num_items_in_batch=num_items_in_batch,
             log_target=log_target,
         )
+        if training:
+            self._check_finite(loss, parts)
         loss = self._scale_and_record(loss, parts, num_items_in_batch, training, needs_teachers, has_labels)
         if not isinstance(outputs, Mapping):
             # Trainer.prediction_step reads a tuple output as (loss, logits, ...); the student ran without labels.
@@ -250,7 +314,23 @@ class CheckpointDistillTrainer(Trainer):
                 self._metrics["ce_sum"].append(parts["ce"] * denom)
         return loss
 
-    def _compute_linear_kd_loss(self, model, inputs, labels, pre_shifted, alpha, num_items_in_batch):
+    @staticmethod
+    def _pure_kd_labels(inputs: Mapping[str, Any], alpha: float) -> torch.Tensor:
+        """Labels that keep every non-padding position (their values are never read) for pure KD (alpha=0)
+        of a batch without labels, as the logit path distils it."""
+        if alpha > 0:
+            raise ValueError(
+                f"alpha={alpha} weights a hard-label term but the batch has no labels; pass labels or alpha=0."
+            )
+        if inputs.get("attention_mask") is not None:
+            return torch.where(inputs["attention_mask"].bool(), 0, -100)
+        if inputs.get("input_ids") is None:
+            raise ValueError("Pure KD without labels needs input_ids (or an attention_mask) in the batch.")
+        return torch.zeros_like(inputs["input_ids"])
+
+    def _compute_linear_kd_loss(
+        self, model, inputs, labels, pre_shifted, alpha, num_items_in_batch, has_labels=True
+    ):
         """Token-level KD from the last hidden states and LM heads (``kd_loss`` chunked/sampled): neither the
         student nor the teachers materialise ``[tokens, vocabulary]`` logits (``logits_to_keep=1``)."""
         student_inputs = {k: v for k, v in inputs.items() if k not in NON_STUDENT_INPUTS}
@@ -285,7 +365,20 @@ class CheckpointDistillTrainer(Trainer):
             num_items_in_batch=num_items_in_batch,
             **teacher_inputs,
         )
-        return self._scale_and_record(loss, parts, num_items_in_batch, True, True, True)
+        self._check_finite(loss, parts)
+        return self._scale_and_record(loss, parts, num_items_in_batch, True, True, has_labels)
+
+    def _check_finite(self, loss: torch.Tensor, parts: Mapping[str, torch.Tensor]) -> None:
+        """Stop before a non-finite loss reaches backward: its gradients would make every weight NaN, and
+        Trainer's logging would show the loss as 0 (``logging_nan_inf_filter``)."""
+        if bool(torch.isfinite(loss)):
+            return
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items() if k in ("ce", "kd"))
+        raise StudentOutputError(
+            f"The student's loss is {float(loss)} at step {self.state.global_step} ({terms}); the teachers' targets "
+            "were finite. Training stopped before this step's update. Common causes: a learning rate too high for "
+            "the student, fp16 overflow (try bf16 or fp32), or non-finite inputs in the batch."
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics["count"]:
@@ -345,3 +438,34 @@ class CheckpointDistillTrainer(Trainer):
             export_timm_folder(output_dir, model)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+
+def _teacher_from_model(
+    teacher_model, args, teachers, teacher_source, teacher_schedule
+) -> TeacherEnsemble | None:
+    """``teacher_model=`` as TRL takes it: a model instance (one frozen teacher, its lineage from its
+    ``name_or_path``), or a path / ``hub:ORG/NAME`` spec, which becomes ``args.teacher``."""
+    if teachers is not None or teacher_source is not None or teacher_schedule is not None:
+        raise ValueError(
+            "Pass the teachers once: teacher_model= or teachers= / teacher_source= / teacher_schedule=."
+        )
+    if isinstance(teacher_model, str | os.PathLike):
+        if args.teacher and os.fspath(teacher_model) != args.teacher:
+            raise ValueError(
+                f"teacher_model={os.fspath(teacher_model)!r} and args.teacher={args.teacher!r} name two teachers; "
+                "give one of them."
+            )
+        args.teacher = os.fspath(teacher_model)
+        return None
+    if not isinstance(teacher_model, nn.Module):
+        raise TypeError(
+            f"teacher_model must be an nn.Module, a path or a hub:ORG/NAME spec, got {type(teacher_model).__name__}."
+        )
+    name = getattr(getattr(teacher_model, "config", None), "name_or_path", "") or ""
+    checkpoint = Checkpoint(
+        name=os.path.basename(os.path.normpath(name)) if name else type(teacher_model).__name__,
+        path=name if os.path.isdir(name) else "",
+        step=0,
+        source=name or type(teacher_model).__name__,
+    )
+    return TeacherEnsemble([teacher_model.eval().requires_grad_(False)], [checkpoint])

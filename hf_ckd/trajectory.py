@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ._constants import CHECKPOINT_DIR_RE, MODEL_FILE_NAMES, PREFIX_CHECKPOINT_DIR, TRAINER_STATE_NAME
-from .checkpoint import Checkpoint, HubRepo, TrajectoryError, eval_metrics_at, read_json_file
+from .checkpoint import Checkpoint, HubRepo, TrajectoryError, eval_metrics_at, read_trainer_state
 from .hub import hub_checkpoints, parse_hub_spec
 
 _TRAILING_STEP_RE = re.compile(r"(\d+)$")
@@ -98,7 +98,7 @@ class Trajectory(Sequence[Checkpoint]):
                 "save_total_limit unset to keep the whole trajectory), or a folder with config.json and weights."
             )
         run_state_path = os.path.join(root, TRAINER_STATE_NAME)
-        run_state = read_json_file(run_state_path) if os.path.isfile(run_state_path) else {}
+        run_state = read_trainer_state(run_state_path) if os.path.isfile(run_state_path) else {}
         return cls._from_paths(
             [os.path.join(root, d) for d in dirs],
             source=root,
@@ -148,7 +148,7 @@ class Trajectory(Sequence[Checkpoint]):
                 raise TrajectoryError(f"Checkpoint folder '{p}' does not exist or is not a folder.")
             name = os.path.basename(os.path.normpath(p))
             state_path = os.path.join(p, TRAINER_STATE_NAME)
-            state = read_json_file(state_path) if os.path.isfile(state_path) else {}
+            state = read_trainer_state(state_path) if os.path.isfile(state_path) else {}
             step = state.get("global_step")
             if step is None:
                 match = CHECKPOINT_DIR_RE.match(name) or _TRAILING_STEP_RE.search(name)

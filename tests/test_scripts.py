@@ -24,6 +24,7 @@ SAMPLE_ARGUMENT = {
     "select_teachers": "--trajectory",
     "distill_cifar100": "--student_model",
     "distill_text": "--student_model_name_or_path",
+    "check": "--teacher",
 }
 
 

@@ -42,6 +42,10 @@ RECIPES: dict[str, tuple[str, str]] = {
         "hf_ckd.scripts.distill_text",
         "distil a transformers text student: sequence classification or causal LM (token level)",
     ),
+    "check": (
+        "hf_ckd.scripts.check",
+        "validate a teacher trajectory (and optionally a student, a selection file, a cache) without training",
+    ),
 }
 
 

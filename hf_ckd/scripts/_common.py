@@ -85,7 +85,7 @@ def run_recipe(main: Callable[[list[str]], Any], argv: Sequence[str] | None = No
     """
     debug, argv = _debug_requested(list(sys.argv[1:] if argv is None else argv))
     try:
-        main(argv)
+        result = main(argv)
     except Exception as err:
         if not is_bad_input(err):
             raise
@@ -93,7 +93,9 @@ def run_recipe(main: Callable[[list[str]], Any], argv: Sequence[str] | None = No
             traceback.print_exception(err)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    # A recipe that reports rather than trains (hf-ckd check) says its own exit status.
+    status = result.get("exit_status") if isinstance(result, dict) else None
+    return status if isinstance(status, int) else 0
 
 
 def _short_parser_errors(parser) -> None:
