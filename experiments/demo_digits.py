@@ -6,14 +6,20 @@ the final one? The digits (1,797 8x8 images, 10 classes) ship with scikit-learn,
 
 1. trains ``teacher_seeds`` small CNN teachers with a plain ``transformers.Trainer`` that keeps every
    checkpoint (the trajectory) and evaluates each one on the test split;
-2. distils MLP 64-32-10 students with ``CheckpointDistillTrainer`` from each teacher's T^0.3, T^0.5 and
-   T^full checkpoints and from a snapshot ensemble of intermediate checkpoints, plus a labels-only
-   baseline (alpha=1, same trainer), ``student_seeds`` per teacher. Seeds are *paired*: run j of every arm
-   starts from the same student initialisation and sees the same batches, so arms differ only in the teacher;
+2. distils MLP 64-32-10 students with ``CheckpointDistillTrainer`` from each teacher's T^0.3, T^0.5, T^0.7
+   and T^full checkpoints, from a snapshot ensemble of intermediate checkpoints of that one run, and from the
+   *full ensemble*: the final checkpoints of all ``teacher_seeds`` independent runs, averaged the same way
+   (passed as ``teachers=TeacherEnsemble.from_checkpoints(...)``: a config's ``teacher`` names one
+   trajectory), plus a labels-only baseline (alpha=1, same trainer), ``student_seeds`` per teacher. Seeds
+   are *paired*: run j of every arm starts from the same student initialisation and sees the same batches,
+   so arms differ only in the teacher (the full ensemble is the same teacher for every group of student
+   seeds; its run j of group k is paired with the other arms' run j of teacher k);
 3. reports each arm's student accuracy (mean +- std over all runs) and its paired difference to T^full
-   (mean +- standard error, and per teacher seed), says which differences are noise at this scale (within
-   2 standard errors, or changing sign across teacher seeds), and writes ``results.md`` and
-   ``results.json`` to ``output_dir`` (the teachers' trajectories stay in ``output_dir/teachers/``).
+   (mean +- standard error, and per teacher seed), the paired difference of the snapshot ensemble to the
+   full ensemble (the claim of arXiv:2210.06458 that the first beats the second), says which differences
+   are noise at this scale (within 2 standard errors, or changing sign across teacher seeds), and writes
+   ``results.md`` and ``results.json`` to ``output_dir`` (the teachers' trajectories stay in
+   ``output_dir/teachers/``).
 
 Runs go to ``num_workers`` spawned processes (default 2, one torch thread each); every run seeds itself, so
 the numbers do not depend on how the runs are spread over them.
@@ -25,6 +31,7 @@ Usage:
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python experiments/demo_digits.py --output_dir runs/demo
     python experiments/demo_digits.py --output_dir runs/demo_quick --quick   # 1 teacher, 2 students: under a minute
+    # (with one teacher there is no full ensemble to build: --quick --teacher_seeds 2 runs that arm too)
     python experiments/demo_digits.py demo.yaml                              # a lone .json/.yaml is a config file
 
 ``make demo`` runs the first line. See docs/demo.md for the measured table and how to read it.
@@ -33,13 +40,14 @@ Usage:
 from __future__ import annotations
 
 import gc
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # the shared harness; spawned workers import this file by module name from here too
@@ -70,6 +78,8 @@ from _harness import (  # noqa: E402
 NUM_CLASSES = 10
 MI_SPEC = "mi"  # placeholder spec of the T* arm, replaced per teacher by the selected checkpoint
 REFERENCE = "T^full"  # the arm every other arm is compared with, run for run
+FULL_ENSEMBLE = "full ensemble"  # the final checkpoints of all teacher runs, one ensemble
+AVERAGED = {"probs": "probabilities", "logits": "logits"}
 QUICK_SETTINGS = {
     "teacher_seeds": 1,
     "student_seeds": 2,
@@ -132,15 +142,23 @@ class DemoArguments:
         },
     )
     single_checkpoints: str = field(
-        default="0.3,0.5",
+        default="0.3,0.5,0.7",
         metadata={
-            "help": "Fractions of teacher training whose checkpoint teaches alone, one arm each (T^0.3, T^0.5); "
-            "T^full is always an arm."
+            "help": "Fractions of teacher training whose checkpoint teaches alone, one arm each (T^0.3, T^0.5, "
+            "T^0.7); T^full is always an arm."
         },
     )
     snapshot_ensemble: str = field(
         default="0.3,0.5,0.7",
         metadata={"help": "Checkpoint spec of the snapshot-ensemble arm (uniform weights); empty for none."},
+    )
+    full_ensemble: bool = field(
+        default=True,
+        metadata={
+            "help": "Add a 'full ensemble' arm: the final checkpoints of all teacher_seeds runs as one uniform "
+            "ensemble, averaged like the snapshot ensemble (ensemble_average). Needs teacher_seeds >= 2: with "
+            "one teacher it would be T^full itself, so it is skipped (and results.md says so)."
+        },
     )
     mi_selection: bool = field(
         default=True,
@@ -204,16 +222,46 @@ class DemoArguments:
             )
 
     def arms(self) -> list[dict]:
-        """The arms in table order: name, checkpoint spec (None = no teacher), alpha."""
-        arms = [{"name": "labels only", "spec": None, "alpha": 1.0}]
-        arms += [{"name": f"T^{f:g}", "spec": f"{f:g}", "alpha": self.alpha} for f in self.fractions]
-        arms.append({"name": REFERENCE, "spec": "last", "alpha": self.alpha})
+        """The arms in table order: name, kind, checkpoint spec (None = no teacher), alpha. An arm with
+        ``across_teachers`` takes the spec's checkpoints from every teacher run into one ensemble."""
+        arms = [{"name": "labels only", "kind": "labels", "spec": None, "alpha": 1.0}]
+        arms += [
+            {"name": f"T^{f:g}", "kind": "checkpoint", "spec": f"{f:g}", "alpha": self.alpha}
+            for f in self.fractions
+        ]
+        arms.append({"name": REFERENCE, "kind": "checkpoint", "spec": "last", "alpha": self.alpha})
         if self.snapshot_ensemble.strip():
             items = split_list(self.snapshot_ensemble)
-            arms.append({"name": "snapshot " + "+".join(items), "spec": ",".join(items), "alpha": self.alpha})
+            arms.append(
+                {
+                    "name": "snapshot " + "+".join(items),
+                    "kind": "snapshot",
+                    "spec": ",".join(items),
+                    "alpha": self.alpha,
+                }
+            )
+        if self.has_full_ensemble:
+            arms.append(
+                {
+                    "name": FULL_ENSEMBLE,
+                    "kind": "full_ensemble",
+                    "spec": "last",
+                    "alpha": self.alpha,
+                    "across_teachers": True,
+                }
+            )
         if self.mi_selection:
-            arms.append({"name": "T* (MI)", "spec": MI_SPEC, "alpha": self.alpha})
+            arms.append({"name": "T* (MI)", "kind": "mi", "spec": MI_SPEC, "alpha": self.alpha})
         return arms
+
+    @property
+    def has_full_ensemble(self) -> bool:
+        """The full-ensemble arm runs: asked for, and more than one teacher to ensemble."""
+        return self.full_ensemble and self.teacher_seeds >= 2
+
+    def teacher_dirs(self) -> list[str]:
+        """The teacher runs' output folders (their trajectories), by teacher seed."""
+        return [os.path.join(self.output_dir, "teachers", f"seed-{k}") for k in range(self.teacher_seeds)]
 
 
 # ---- data and models --------------------------------------------------------------------------------
@@ -336,21 +384,46 @@ def train_teacher(args: DemoArguments, seed: int, output_dir: str, train, test, 
     trainer.save_state()  # output_dir/trainer_state.json: the run's final step, for the fractions
 
 
+def teacher_ensemble(teacher_dirs: list[str], spec: str, average: str):
+    """The checkpoints ``spec`` selects in each of ``teacher_dirs`` (trajectories of separate runs), loaded
+    into one uniform ``TeacherEnsemble``. ``CheckpointDistillConfig.teacher`` names one trajectory, so
+    teachers from several runs go to the trainer as ``teachers=`` this way."""
+    from hf_ckd import TeacherEnsemble, Trajectory, load_teacher
+
+    DigitsCNN, _ = model_classes()
+    checkpoints = [c for d in teacher_dirs for c in Trajectory.from_local(d).select(spec)]
+    return TeacherEnsemble.from_checkpoints(
+        checkpoints,
+        average=average,
+        load=partial(load_teacher, model_init=DigitsCNN),  # plain-module checkpoints have no config.json
+        check_architecture=False,  # that check reads config.json; model_init fixes the architecture
+        source=os.path.commonpath([os.path.abspath(d) for d in teacher_dirs]),
+    )
+
+
 def distill_student(
-    args: DemoArguments, arm: dict, teacher_dir: str, seed: int, train, test, compute_metrics
+    args: DemoArguments, arm: dict, teacher_dir: str | list[str], seed: int, train, test, compute_metrics
 ):
     """One student run of one arm; returns its test accuracy. The same ``seed`` gives every arm the same
     initialisation and batch order. The labels-only arm goes through the same trainer with alpha=1 (the
-    teacher is then never run)."""
+    teacher is then never run). An ``across_teachers`` arm (the full ensemble) gets the list of all teacher
+    folders in ``teacher_dir`` and its ensemble as ``teachers=``; the others name one trajectory in the config."""
     from hf_ckd import CheckpointDistillConfig, CheckpointDistillTrainer
 
     DigitsCNN, DigitsMLP = model_classes()
+    if arm.get("across_teachers"):
+        # Built before seed_everything: loading the teachers draws from the RNG (DigitsCNN's initialisation).
+        teachers = {"teachers": teacher_ensemble(list(teacher_dir), arm["spec"], args.ensemble_average)}
+        teacher, spec = None, "last"  # unused with teachers=
+    else:
+        teachers = {"teacher_model_init": DigitsCNN}  # plain-module checkpoints have no config.json
+        teacher, spec = teacher_dir, arm["spec"] or "last"
     with tempfile.TemporaryDirectory(prefix="hf_ckd_demo_student_") as scratch:
         config = CheckpointDistillConfig(
             output_dir=scratch,
             seed=seed,
-            teacher=teacher_dir,
-            teacher_checkpoints=arm["spec"] or "last",
+            teacher=teacher,
+            teacher_checkpoints=spec,
             ensemble_average=args.ensemble_average,
             temperature=args.temperature,
             alpha=arm["alpha"],
@@ -369,22 +442,23 @@ def distill_student(
             train_dataset=train,
             eval_dataset=test,
             compute_metrics=compute_metrics,
-            teacher_model_init=DigitsCNN,  # plain-module checkpoints have no config.json
+            **teachers,
         )
         quiet(trainer).train()
         return trainer.evaluate()["eval_accuracy"]
 
 
-def teacher_accuracy(teacher_dir: str, spec: str, average: str, test, metric) -> float:
-    """Test accuracy of a checkpoint or snapshot ensemble (probabilities averaged at tau = 1)."""
+def teacher_accuracy(teacher_dir: str | list[str], spec: str, average: str, test, metric) -> float:
+    """Test accuracy of a checkpoint or an ensemble (a snapshot ensemble of one run, or with several
+    ``teacher_dir``s the ensemble of their checkpoints; averaged as in distillation, at tau = 1)."""
+    dirs = [teacher_dir] if isinstance(teacher_dir, str | os.PathLike) else list(teacher_dir)
+    return ensemble_accuracy(teacher_ensemble(dirs, spec, average), test, metric)
+
+
+def ensemble_accuracy(ensemble, test, metric) -> float:
+    """Test accuracy of a loaded ``TeacherEnsemble`` (its ensemble_average, at tau = 1)."""
     import torch
 
-    from hf_ckd import TeacherEnsemble, Trajectory
-
-    DigitsCNN, _ = model_classes()
-    ensemble = TeacherEnsemble.from_trajectory(
-        Trajectory.from_local(teacher_dir), spec, average=average, model_init=DigitsCNN
-    )
     batch = test[:]
     with torch.no_grad():
         predictions = ensemble.log_targets({"pixel_values": batch["pixel_values"]}, temperature=1.0).argmax(
@@ -398,19 +472,27 @@ def teacher_accuracy(teacher_dir: str, spec: str, average: str, test, metric) ->
 # ---- statistics and reporting -------------------------------------------------------------------------
 
 
-def summarise(args: DemoArguments, arms: list[dict], teachers: list[dict], runs: list[dict]) -> list[dict]:
-    """Per arm: student accuracy mean/std, paired difference to T^full (mean, SE, per teacher seed)."""
+def summarise(
+    args: DemoArguments, arms: list[dict], teachers: list[dict], runs: list[dict], pooled: dict
+) -> list[dict]:
+    """Per arm: student accuracy mean/std, paired difference to T^full (mean, SE, per teacher seed). The
+    teacher accuracy of an ``across_teachers`` arm is its one ensemble's (``pooled``), with no std."""
     rows = []
     for arm in arms:
         c = paired_comparison(runs, arm["name"], REFERENCE, [t["seed"] for t in teachers])
-        teacher_acc = [t["arm_accuracy"][arm["name"]] for t in teachers if arm["spec"] is not None]
+        if arm.get("across_teachers"):
+            teacher_mean, teacher_std = pooled[arm["name"]]["accuracy"], None
+        elif arm["spec"] is not None:
+            teacher_mean, teacher_std = mean_std([t["arm_accuracy"][arm["name"]] for t in teachers])
+        else:
+            teacher_mean = teacher_std = None
         rows.append(
             {
                 "arm": arm["name"],
                 "teacher_checkpoints": arm["spec"],
                 "alpha": arm["alpha"],
-                "teacher_accuracy_mean": mean_std(teacher_acc)[0] if teacher_acc else None,
-                "teacher_accuracy_std": mean_std(teacher_acc)[1] if teacher_acc else None,
+                "teacher_accuracy_mean": teacher_mean,
+                "teacher_accuracy_std": teacher_std,
                 "student_accuracy_mean": c["mean"],
                 "student_accuracy_std": c["std"],
                 "n": c["n"],
@@ -425,7 +507,72 @@ def summarise(args: DemoArguments, arms: list[dict], teachers: list[dict], runs:
     return rows
 
 
-def markdown(args: DemoArguments, rows: list[dict], teachers: list[dict], meta: dict) -> str:
+def snapshot_vs_full_ensemble(arms: list[dict], teachers: list[dict], runs: list[dict]) -> dict | None:
+    """The claim of arXiv:2210.06458 run for run: Δ = acc(snapshot ensemble) - acc(full ensemble) over the
+    paired runs (same student seed), per group of student seeds; ``None`` without both arms."""
+    snapshot = next((a for a in arms if a["kind"] == "snapshot"), None)
+    full = next((a for a in arms if a["kind"] == "full_ensemble"), None)
+    if snapshot is None or full is None:
+        return None
+    c = paired_comparison(runs, snapshot["name"], full["name"], [t["seed"] for t in teachers])
+    return {
+        "arm": snapshot["name"],
+        "reference": full["name"],
+        "snapshot_size": len(split_list(snapshot["spec"])),
+        "full_ensemble_size": len(teachers),
+        "n": c["n"],
+        "delta_mean": c["delta_mean"],
+        "delta_se": c["delta_se"],
+        "delta_per_student_seed_group": c["delta_per_group"],
+        "within_2se": c["within_2se"],
+        "sign_changes_across_groups": c["sign_changes"],
+        "reading": verdict(snapshot["name"], c, full["name"], groups_name="student-seed groups"),
+    }
+
+
+def ensemble_notes(args: DemoArguments, pooled: dict, claim: dict | None) -> list[str]:
+    """results.md's paragraphs on the full-ensemble arm and the snapshot-vs-full-ensemble comparison."""
+    if not args.full_ensemble:
+        return []
+    if not args.has_full_ensemble:
+        return [
+            f"Full ensemble: skipped. With {args.teacher_seeds} teacher seed the ensemble of the teachers' final "
+            "checkpoints is T^full itself; run with --teacher_seeds 2 or more for that arm.",
+            "",
+        ]
+    members = pooled[FULL_ENSEMBLE]["checkpoints"]
+    lines = [
+        f"Full ensemble: the final checkpoints of all {len(members)} independently trained teachers ("
+        + ", ".join(members)
+        + f"), one uniform ensemble averaged `{args.ensemble_average}` like the snapshot ensemble; its teacher "
+        "acc. is that ensemble's. It is one teacher for every group of student seeds, so its Δ per teacher seed "
+        "reads per group: student seed s of group k against T^full of teacher k with the same student seed.",
+        "",
+    ]
+    if claim is not None:
+        same = claim["snapshot_size"] == claim["full_ensemble_size"]
+        per_group = " / ".join(pct(v, signed=True) for v in claim["delta_per_student_seed_group"].values())
+        lines += [
+            f"**Snapshot vs full ensemble** (arXiv:2210.06458: a snapshot ensemble of one run's intermediate "
+            f"checkpoints can beat an ensemble of independently trained, converged teachers): Δ = "
+            f"acc({claim['arm']}) - acc({claim['reference']}) = {pct(claim['delta_mean'], signed=True)} ± "
+            f"{pct(claim['delta_se'])} points (paired runs, same student seed; n = {claim['n']}; per student-seed "
+            f"group {per_group}): {claim['reading']}. "
+            + (
+                f"Both ensembles have {claim['snapshot_size']} members."
+                if same
+                else f"**The sizes differ:** the snapshot ensemble has {claim['snapshot_size']} checkpoints, the "
+                f"full ensemble {claim['full_ensemble_size']} teachers (--teacher_seeds "
+                f"{claim['full_ensemble_size']}), so this is not the equal-size comparison of the paper."
+            ),
+            "",
+        ]
+    return lines
+
+
+def markdown(
+    args: DemoArguments, rows: list[dict], teachers: list[dict], meta: dict, pooled: dict, claim: dict | None
+) -> str:
     n_test = meta["data"]["test_size"]
     lines = [
         "# hf_ckd digits demo",
@@ -446,13 +593,10 @@ def markdown(args: DemoArguments, rows: list[dict], teachers: list[dict], meta: 
     ]
     cells = []
     for row in rows:
-        teacher = (
-            "—"
-            if row["teacher_accuracy_mean"] is None
-            else f"{pct(row['teacher_accuracy_mean'])} ± {pct(row['teacher_accuracy_std'])}"
-            if args.teacher_seeds > 1
-            else pct(row["teacher_accuracy_mean"])
-        )
+        std = row["teacher_accuracy_std"]
+        teacher = pct(row["teacher_accuracy_mean"])  # "—" for labels only
+        if std is not None and not math.isnan(std):  # one teacher seed, or the one full ensemble: no std
+            teacher += f" ± {pct(std)}"
         per_teacher = " / ".join(pct(v, signed=True) for v in row["delta_vs_full_per_teacher_seed"].values())
         delta = f"{pct(row['delta_vs_full_mean'], signed=True)} ± {pct(row['delta_vs_full_se'])}"
         if row["arm"] == REFERENCE:
@@ -474,8 +618,9 @@ def markdown(args: DemoArguments, rows: list[dict], teachers: list[dict], meta: 
             if args.mi_selection
             else []
         ),
-        "Teacher acc.: the arm's checkpoint (or snapshot ensemble, probabilities averaged at tau = 1) on the test "
-        "split, mean ± std over teacher seeds. Reading: a Δ within 2 SE is noise. The SE treats every run as "
+        *ensemble_notes(args, pooled, claim),
+        f"Teacher acc.: the arm's checkpoint (or ensemble, {AVERAGED[args.ensemble_average]} averaged at tau = 1) "
+        "on the test split, mean ± std over teacher seeds. Reading: a Δ within 2 SE is noise. The SE treats every run as "
         "independent, but runs that share a teacher are not, so a Δ whose sign changes across teacher seeds is "
         "read as noise too.",
         "",
@@ -569,7 +714,7 @@ def describe_teacher(
     from hf_ckd import Trajectory
 
     trajectory = Trajectory.from_local(teacher_dir)
-    taught = [arm for arm in arms if arm["spec"] is not None]
+    taught = [arm for arm in arms if arm["spec"] is not None and not arm.get("across_teachers")]
     return {
         "seed": seed,
         "path": teacher_dir,
@@ -587,6 +732,22 @@ def describe_teacher(
             for arm in taught
         },
         "arm_checkpoints": {arm["name"]: [c.name for c in trajectory.select(arm["spec"])] for arm in taught},
+    }
+
+
+def describe_pooled(args: DemoArguments, arm: dict, teacher_dirs: list[str], test, metric) -> dict:
+    """An ``across_teachers`` arm's one ensemble: the checkpoints it loads (``seed-k/checkpoint-<step>``, and
+    their paths) and its teacher accuracy."""
+    ensemble = teacher_ensemble(teacher_dirs, arm["spec"], args.ensemble_average)
+    root = os.path.join(args.output_dir, "teachers")
+    return {
+        "spec": arm["spec"],
+        "teacher_dirs": teacher_dirs,
+        "checkpoints": [os.path.relpath(c.path, root) for c in ensemble.checkpoints],
+        "checkpoint_paths": [c.path for c in ensemble.checkpoints],
+        "weights": list(ensemble.weights),
+        "average": ensemble.average,
+        "accuracy": ensemble_accuracy(ensemble, test, metric),
     }
 
 
@@ -636,8 +797,24 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
 
-    teachers, runs = {}, []
+    teachers, runs, pooled = {}, [], {}
     total = args.teacher_seeds * args.student_seeds * len(arms)
+    teacher_dirs = args.teacher_dirs()
+
+    def students(k: int, teacher_dir: str | list[str], arms: list[dict]) -> list[dict]:
+        """The student runs of group k (seeds distinct across groups, shared by the arms: paired runs)."""
+        return [
+            {
+                "kind": "student",
+                "teacher_seed": k,
+                "teacher_dir": teacher_dir,
+                "student_seed": k * args.student_seeds + j,
+                "arm": arm,
+            }
+            for j in range(args.student_seeds)
+            for arm in arms
+        ]
+
     with tqdm(total=total, desc="student runs", unit="run", dynamic_ncols=True) as bar:
 
         def collect(task: dict) -> list[dict]:
@@ -656,27 +833,23 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{pct(final['accuracy'])}% at step {final['step']}"
             )
             bar.set_postfix_str(f"{len(teachers)}/{args.teacher_seeds} teacher(s) trained")
-            return [
-                {
-                    "kind": "student",
-                    "teacher_seed": k,
-                    "teacher_dir": teacher_dir,
-                    # distinct across teachers, shared by the arms (paired runs)
-                    "student_seed": k * args.student_seeds + j,
-                    "arm": arm,
-                }
-                for j in range(args.student_seeds)
-                for arm in teacher_arms
-            ]
+            jobs = students(k, teacher_dir, [a for a in teacher_arms if not a.get("across_teachers")])
+            if len(teachers) == args.teacher_seeds:  # all trained: the arms that ensemble every teacher
+                for arm in (a for a in arms if a.get("across_teachers")):
+                    pooled[arm["name"]] = describe_pooled(args, arm, teacher_dirs, test, metric)
+                    tqdm.write(
+                        f"{arm['name']}: {', '.join(pooled[arm['name']]['checkpoints'])}, test accuracy "
+                        f"{pct(pooled[arm['name']]['accuracy'])}%"
+                    )
+                    # the same student seeds as every group's other arms: paired with teacher k's T^full
+                    jobs += [
+                        job for g in range(args.teacher_seeds) for job in students(g, teacher_dirs, [arm])
+                    ]
+            return jobs
 
         bar.set_postfix_str(f"training {args.teacher_seeds} teacher(s)")
         teacher_jobs = [
-            {
-                "kind": "teacher",
-                "teacher_seed": k,
-                "teacher_dir": os.path.join(args.output_dir, "teachers", f"seed-{k}"),
-            }
-            for k in range(args.teacher_seeds)
+            {"kind": "teacher", "teacher_seed": k, "teacher_dir": d} for k, d in enumerate(teacher_dirs)
         ]
         with worker_pool(args.num_workers, init_worker, (args,)) as executor:
             run_jobs(executor, run_task, teacher_jobs, collect)
@@ -684,11 +857,20 @@ def main(argv: list[str] | None = None) -> dict:
     teachers = [teachers[k] for k in sorted(teachers)]
     order = {arm["name"]: i for i, arm in enumerate(arms)}
     runs.sort(key=lambda r: (r["teacher_seed"], r["student_seed"], order[r["arm"]]))
-    rows = summarise(args, arms, teachers, runs)
+    rows = summarise(args, arms, teachers, runs, pooled)
+    claim = snapshot_vs_full_ensemble(arms, teachers, runs)
     meta["wall_time_s"] = round(time.time() - start, 1)
     meta["machine"] = describe_machine(args.num_workers, args.torch_threads)
-    results = {"config": asdict(args), **meta, "arms": rows, "teachers": teachers, "runs": runs}
-    table = markdown(args, rows, teachers, meta)
+    results = {
+        "config": asdict(args),
+        **meta,
+        "arms": rows,
+        "snapshot_vs_full_ensemble": claim,
+        "teachers": teachers,
+        "full_ensemble": pooled.get(FULL_ENSEMBLE),
+        "runs": runs,
+    }
+    table = markdown(args, rows, teachers, meta, pooled, claim)
     results_json = os.path.join(args.output_dir, "results.json")
     write_text(os.path.join(args.output_dir, "results.md"), table)
     write_json(results_json, results)

@@ -19,16 +19,21 @@ from ._version import __version__
 # Public name -> the module that defines it.
 _EXPORTS = {
     "AnchorSchedule": "schedules",
+    "CacheError": "cache",
     "CachedTargets": "sources",
     "Checkpoint": "trajectory",
     "CheckpointDistillConfig": "config",
     "CheckpointDistillTrainer": "trainer",
-    "StudentOutputError": "trainer",
     "HubError": "hub",
     "LiveTeachers": "sources",
+    "OptionError": "_options",
     "ProgressiveSchedule": "schedules",
+    "ResumeError": "run_folders",
+    "ScheduleError": "schedules",
     "ScheduledTeachers": "sources",
+    "SelectionError": "selection",
     "StaticSchedule": "schedules",
+    "StudentOutputError": "trainer",
     "TeacherEnsemble": "teachers",
     "TeacherLoadError": "teachers",
     "TeacherOutputError": "teachers",
@@ -39,20 +44,26 @@ _EXPORTS = {
     "build_teacher_source": "sources",
     "ensemble_kd_loss": "losses",
     "kd_loss": "losses",
+    "last_complete_checkpoint": "run_folders",
     "load_teacher": "teachers",
     "load_trajectory": "trajectory",
 }
 
 __all__ = [
     "AnchorSchedule",
+    "CacheError",
     "CachedTargets",
     "Checkpoint",
     "CheckpointDistillConfig",
     "CheckpointDistillTrainer",
     "HubError",
     "LiveTeachers",
+    "OptionError",
     "ProgressiveSchedule",
+    "ResumeError",
+    "ScheduleError",
     "ScheduledTeachers",
+    "SelectionError",
     "StaticSchedule",
     "StudentOutputError",
     "TeacherEnsemble",
@@ -66,15 +77,20 @@ __all__ = [
     "build_teacher_source",
     "ensemble_kd_loss",
     "kd_loss",
+    "last_complete_checkpoint",
     "load_teacher",
     "load_trajectory",
 ]
 
 if TYPE_CHECKING:
+    from ._options import OptionError
+    from .cache import CacheError
     from .config import CheckpointDistillConfig
     from .hub import HubError
     from .losses import TeacherSamples, ensemble_kd_loss, kd_loss
-    from .schedules import AnchorSchedule, ProgressiveSchedule, StaticSchedule
+    from .run_folders import ResumeError, last_complete_checkpoint
+    from .schedules import AnchorSchedule, ProgressiveSchedule, ScheduleError, StaticSchedule
+    from .selection import SelectionError
     from .sources import (
         CachedTargets,
         LiveTeachers,

@@ -106,7 +106,7 @@ class CheckpointDistillConfig(TrainingArguments):
             How token-level KD of causal LMs is computed: `full` (from the logits), `chunked` (exact, from the
             last hidden states and the LM heads, positions in chunks of `kd_chunk_size`, never holding the
             [tokens, vocabulary] logits) or `sampled` (an estimate from `kd_num_samples` vocabulary ids per
-            position; see docs/large_vocab.md). Other students use `full`.
+            position; see docs/large_vocab.md). Other students must use `full` (`chunked` and `sampled` refuse them).
         kd_chunk_size (`int`, *optional*, defaults to `1024`):
             Positions per chunk for `kd_loss` `chunked` and `sampled`.
         kd_num_samples (`int` or `None`, *optional*, defaults to `None`):
@@ -264,7 +264,7 @@ class CheckpointDistillConfig(TrainingArguments):
             "help": "How token-level KD of causal LMs is computed: full (from the logits), chunked (exact, from the "
             "last hidden states and the LM heads, positions in chunks of kd_chunk_size, never holding the "
             "[tokens, vocabulary] logits) or sampled (an estimate from kd_num_samples vocabulary ids per "
-            "position; see docs/large_vocab.md). Other students use full."
+            "position; see docs/large_vocab.md). Other students must use full (chunked and sampled refuse them)."
         },
     )
     kd_chunk_size: int = field(

@@ -1,6 +1,7 @@
 """Data for the recipes: datasets by Hub name or local path, column checks that fail before training,
 image augmentation, tokenisation, collators, and the run folder: the finished-run guard for ``output_dir``
-and the latest complete checkpoint to resume from (:func:`last_complete_checkpoint`).
+and the latest complete checkpoint to resume from (:func:`last_complete_checkpoint`, from
+``hf_ckd.run_folders``).
 
 Everything goes through ``datasets``; errors name the recipe argument to change (``--dataset_path``,
 ``--image_column`` ...).
@@ -9,13 +10,15 @@ Everything goes through ``datasets``; errors name the recipe argument to change 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+# The run folder's helpers, also importable from here (the recipes' docs name hf_ckd.data).
+from .run_folders import checkpoint_incomplete, last_complete_checkpoint  # noqa: F401
 
 IMAGE_COLUMN_CANDIDATES = ("img", "image", "pixel_values")
 LABEL_COLUMN_CANDIDATES = ("fine_label", "label", "labels")
@@ -292,121 +295,3 @@ def guard_output_dir(output_dir: str, overwrite: bool) -> None:
             f"--output_dir '{output_dir}' already holds a finished run ({', '.join(finished)}). Choose another "
             "--output_dir, or pass --overwrite_output_dir to train over it."
         )
-
-
-# Besides the WEIGHT_FILE_NAMES, what transformers.Trainer._load_from_checkpoint resumes from: PEFT adapters and
-# FSDP state dicts (a folder whose name holds "pytorch_model_fsdp", or pytorch_model_fsdp.bin).
-ADAPTER_FILE_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
-FSDP_MODEL_NAME = "pytorch_model_fsdp"
-
-
-def _safetensors_problem(path: str) -> str | None:
-    """Why the safetensors file ``path`` is cut short (its header is read, not the tensors), or ``None``."""
-    size = os.path.getsize(path)
-    try:
-        with open(path, "rb") as f:
-            length = int.from_bytes(f.read(8), "little")
-            if size < 8 or 8 + length > size:
-                raise ValueError("shorter than its header")
-            header = json.loads(f.read(length))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
-        return f"its {os.path.basename(path)} is truncated or damaged ({err})"
-    if 8 + length + end > size:
-        return (
-            f"its {os.path.basename(path)} is truncated ({size} bytes, its header needs {8 + length + end})"
-        )
-    return None
-
-
-def checkpoint_incomplete(folder: str) -> str | None:
-    """Why the ``transformers.Trainer`` checkpoint ``folder`` cannot be resumed from, or ``None`` when it is
-    complete: a ``trainer_state.json`` that parses (the Trainer writes it last, after the weights, optimizer,
-    scheduler and RNG states) and model weights the Trainer can load (``model.safetensors`` with a whole
-    header, a sharded index whose shards exist, ``pytorch_model.bin``, a PEFT adapter or an FSDP state dict).
-    """
-    from ._constants import TRAINER_STATE_NAME, WEIGHT_FILE_NAMES
-
-    try:
-        entries = os.listdir(folder)
-    except OSError as err:
-        return f"it cannot be read ({err})"
-    if not entries:
-        return "it is empty"
-    problems = []
-    state = os.path.join(folder, TRAINER_STATE_NAME)
-    if not os.path.isfile(state):
-        problems.append(f"it has no {TRAINER_STATE_NAME}")
-    else:
-        try:
-            with open(state, encoding="utf-8") as f:
-                content = json.load(f)
-            if not isinstance(content, dict):
-                raise ValueError(f"a {type(content).__name__}, not an object")
-        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-            problems.append(f"its {TRAINER_STATE_NAME} does not parse ({err})")
-    weights = [name for name in WEIGHT_FILE_NAMES if os.path.isfile(os.path.join(folder, name))]
-    other = [name for name in ADAPTER_FILE_NAMES if os.path.isfile(os.path.join(folder, name))] or [
-        name
-        for name in entries
-        if FSDP_MODEL_NAME in name
-        or (
-            os.path.isdir(os.path.join(folder, name))
-            and any(os.path.isfile(os.path.join(folder, name, a)) for a in ADAPTER_FILE_NAMES)
-        )
-    ]
-    if not weights and not other:
-        problems.append(f"it has no model weights ({', '.join(WEIGHT_FILE_NAMES)})")
-    elif weights:
-        name = weights[0]
-        path = os.path.join(folder, name)
-        if name.endswith(".index.json"):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    shards = sorted(set(json.load(f)["weight_map"].values()))
-            except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
-                problems.append(f"its {name} does not parse ({err})")
-            else:
-                missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
-                if missing:
-                    problems.append(f"its {name} lists missing shards {missing}")
-        elif name.endswith(".safetensors"):
-            problem = _safetensors_problem(path)
-            if problem:
-                problems.append(problem)
-    return "; ".join(problems) or None
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The latest ``checkpoint-<step>`` folder of ``output_dir`` that a run can resume from, or ``None``.
-
-    ``transformers.trainer_utils.get_last_checkpoint`` picks the highest step by folder name alone, so a run
-    killed while saving (an empty ``checkpoint-N/``, or one without ``trainer_state.json`` or weights) makes
-    ``resume_from_checkpoint`` fail with "Can't find a valid checkpoint". Here the folders are tried from the
-    highest step down, and each incomplete one (:func:`checkpoint_incomplete`) is skipped with a warning that
-    names it and says why. The skipped folders are left in place: delete them, or let the resumed run save
-    over them. Pass the result to ``Trainer.train(resume_from_checkpoint=...)``.
-    """
-    from ._constants import CHECKPOINT_DIR_RE
-
-    if not os.path.isdir(output_dir):
-        return None
-    steps = sorted(
-        (
-            (int(match.group(1)), name)
-            for name in os.listdir(output_dir)
-            if (match := CHECKPOINT_DIR_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name))
-        ),
-        reverse=True,
-    )
-    for _, name in steps:
-        folder = os.path.join(output_dir, name)
-        problem = checkpoint_incomplete(folder)
-        if problem is None:
-            return folder
-        logger.warning(
-            "Skipping incomplete checkpoint %s: %s (a save that did not finish). Trying the checkpoint before it.",
-            folder,
-            problem,
-        )
-    return None

@@ -255,6 +255,8 @@ class ScheduledTeachers(TeacherSource):
         needs_config: the checkpoints are transformers models (a ``config.json`` each), not a ``model_init``'s.
         max_steps: the run's expected length; the set active at step 0 of it is loaded now (so the label space
             is checked before training), and :meth:`sync` takes over from the first step.
+        allow_unsafe_pickle: the user's opt-in to pickles ``weights_only=True`` refuses (else every scheduled
+            checkpoint's pickles are checked up front, from their opcodes).
     """
 
     kind = "scheduled"
@@ -268,6 +270,8 @@ class ScheduledTeachers(TeacherSource):
         trajectory: Trajectory | None = None,
         needs_config: bool = True,
         max_steps: int = 1,
+        allow_unsafe_pickle: bool = False,
+        trust_remote_code: bool = False,
     ):
         count = len(schedule.checkpoints)
         super().__init__(schedule.checkpoints, [1 / count] * count, average, origin, trajectory)
@@ -277,13 +281,17 @@ class ScheduledTeachers(TeacherSource):
         self._ensemble: TeacherEnsemble | None = None
         self._key: tuple | None = None
         self.since: int | None = None
-        self._validate(needs_config)
+        self._validate(needs_config, allow_unsafe_pickle, trust_remote_code)
         self._switch(schedule.active(0, max(max_steps, 1)))
 
-    def _validate(self, needs_config: bool) -> None:
-        """Cheap checks of every scheduled checkpoint (no model is built); one error lists every problem."""
+    def _validate(self, needs_config: bool, allow_unsafe_pickle: bool, trust_remote_code: bool) -> None:
+        """Cheap checks of every scheduled checkpoint (no model is built, no pickle unpickled); one error lists
+        every problem."""
         problems = [
-            p for c in self.checkpoints if c.path for p in checkpoint_problems(c, needs_config=needs_config)
+            problem
+            for c in self.checkpoints
+            if c.path
+            for problem in checkpoint_problems(c, needs_config, allow_unsafe_pickle, trust_remote_code)
         ]
         if problems:
             raise TeacherLoadError(
@@ -566,6 +574,8 @@ def build_teacher_source(
             trajectory,
             needs_config=model_init is None,
             max_steps=args.max_steps,
+            allow_unsafe_pickle=args.teacher_allow_unsafe_pickle,
+            trust_remote_code=args.teacher_trust_remote_code,
         )
     ensemble = TeacherEnsemble.from_checkpoints(
         selected,

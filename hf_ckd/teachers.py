@@ -33,7 +33,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ._constants import CONFIG_NAME, SAFE_WEIGHTS_NAME, WEIGHT_FILE_NAMES, WEIGHTS_NAME
-from ._options import AVERAGE_MODES, FUSION_MODES, TEACHER_DTYPES, check_choice, normalize_weights
+from ._options import (
+    AVERAGE_MODES,
+    FUSION_MODES,
+    TEACHER_DTYPES,
+    OptionError,
+    check_choice,
+    normalize_weights,
+)
 from .hub import checkpoint_config_file, fetch_checkpoint
 from .losses import ensemble_log_probs
 from .modeling import CAUSAL_LM, MASKED_LM, SEQ2SEQ_LM, auto_model_class, is_timm_model, model_task
@@ -86,15 +93,89 @@ def _weight_files(path: str) -> list[str]:
     return []
 
 
-def checkpoint_problems(checkpoint: Checkpoint, needs_config: bool = True) -> list[str]:
-    """Cheap checks of a checkpoint's files (no model is built). Returns human-readable problems."""
+def unsafe_pickle_globals(file: str) -> list[str]:
+    """The globals (``module.name``) a pickle weight file would import that ``torch.load(weights_only=True)``
+    refuses, found by reading its opcodes: nothing is unpickled, so nothing in it runs. ``[]`` for a file
+    ``weights_only=True`` loads; ``["<not a pickle>"]`` when the opcodes cannot be read."""
+    import pickletools
+    import zipfile
+
+    from torch.serialization import get_safe_globals, get_unsafe_globals_in_checkpoint
+
+    if zipfile.is_zipfile(file):  # torch.save's format since torch 1.6: torch reads the pickle's opcodes
+        return get_unsafe_globals_in_checkpoint(file)
+    # The legacy format (and a plain pickle): up to five pickles in a row, then raw storage bytes.
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = set(_get_allowed_globals()) | {f"{g.__module__}.{g.__name__}" for g in get_safe_globals()}
+    found: list[str] = []
+    with open(file, "rb") as f:
+        for index in range(5):
+            strings, memo = [], {}
+            try:
+                for opcode, arg, _ in pickletools.genops(f):
+                    if isinstance(arg, str) and ("UNICODE" in opcode.name or opcode.name.endswith("STRING")):
+                        strings.append(arg)
+                    elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE") and strings:
+                        memo[arg if opcode.name != "MEMOIZE" else len(memo)] = strings[-1]
+                    elif opcode.name in ("GET", "BINGET", "LONG_BINGET") and arg in memo:
+                        strings.append(memo[arg])
+                    if opcode.name in ("GLOBAL", "INST"):
+                        found.append(arg.replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL":
+                        found.append(".".join(strings[-2:]) if len(strings) >= 2 else "<STACK_GLOBAL>")
+            except Exception:  # the raw storage bytes after the legacy format's pickles, or not a pickle
+                if index == 0:
+                    return ["<not a pickle>"]
+                break
+    return sorted({g for g in found if g not in allowed})
+
+
+def _remote_code_problem(where: str, config_file: str) -> str | None:
+    """Why ``config_file`` needs ``trust_remote_code=True`` (its classes are code shipped with the checkpoint
+    and its ``model_type`` is none transformers has), or ``None``; an unreadable file is reported elsewhere."""
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+        auto_map, model_type = config.get("auto_map"), config.get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not auto_map:
+        return None
+    from transformers import CONFIG_MAPPING
+
+    if model_type in CONFIG_MAPPING:
+        return None  # transformers builds it from its own classes and ignores the shipped code
+    modules = sorted(
+        {str(v).split(".")[0] for v in (auto_map.values() if isinstance(auto_map, dict) else [])}
+    )
+    return (
+        f"{where}: its {CONFIG_NAME} maps its classes to code shipped with the checkpoint (auto_map: "
+        f"{', '.join(modules) or auto_map}) for model_type {model_type!r}, which transformers does not have. That "
+        "code would run when the teacher loads, so it is refused: pass trust_remote_code=True "
+        "(teacher_trust_remote_code) only if you have read it and trust its author."
+    )
+
+
+def checkpoint_problems(
+    checkpoint: Checkpoint,
+    needs_config: bool = True,
+    allow_unsafe_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> list[str]:
+    """Cheap checks of a checkpoint's files (no model is built, no pickle unpickled, no shipped code run).
+    Returns human-readable problems; a pickle that ``weights_only=True`` would refuse is one unless
+    ``allow_unsafe_pickle``, a config whose classes are shipped code one unless ``trust_remote_code``."""
     where = f"checkpoint '{checkpoint.name}' ({checkpoint.path})"
     problems = []
-    if needs_config and not os.path.isfile(os.path.join(checkpoint.path, CONFIG_NAME)):
+    config_file = os.path.join(checkpoint.path, CONFIG_NAME)
+    if needs_config and not os.path.isfile(config_file):
         problems.append(
             f"{where} has no {CONFIG_NAME}: save the teacher with save_pretrained / Trainer, or pass "
             "teacher_model_init to build the architecture yourself."
         )
+    elif needs_config and not trust_remote_code and (problem := _remote_code_problem(where, config_file)):
+        problems.append(problem)
     try:
         files = _weight_files(checkpoint.path)
     except (OSError, json.JSONDecodeError) as err:
@@ -118,10 +199,16 @@ def checkpoint_problems(checkpoint: Checkpoint, needs_config: bool = True) -> li
                     f"{where}: '{os.path.basename(file)}' is not a valid safetensors file ({err}); it is corrupted or "
                     "truncated. Re-save the checkpoint from the training run or delete it."
                 )
+        elif not allow_unsafe_pickle and (unsafe := unsafe_pickle_globals(file)):
+            problems.append(
+                _unsafe_pickle_message(
+                    f"{where}: {os.path.basename(file)}", f"Unsupported global(s): {', '.join(unsafe)}"
+                )
+            )
     return problems
 
 
-def _unsafe_pickle_message(what: str, err: Exception) -> str:
+def _unsafe_pickle_message(what: str, err: Exception | str) -> str:
     reason = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
     return (
         f"{what} needs full unpickling, which can run arbitrary code, so it was refused"
@@ -243,7 +330,7 @@ def load_teacher(
         checkpoint = fetch_checkpoint(checkpoint)
     except TrajectoryError as err:
         raise TeacherLoadError(str(err)) from err
-    problems = checkpoint_problems(checkpoint, needs_config=model_init is None)
+    problems = checkpoint_problems(checkpoint, model_init is None, allow_unsafe_pickle, trust_remote_code)
     if problems:
         raise TeacherLoadError("\n".join(problems))
     torch_dtype = resolve_dtype(dtype) or torch.float32
@@ -292,7 +379,11 @@ def load_teacher(
     except TeacherLoadError:
         raise
     except pickle.UnpicklingError as err:
-        raise TeacherLoadError(_unsafe_pickle_message(where, err)) from err
+        pickles = [
+            os.path.basename(f) for f in _weight_files(checkpoint.path) if not f.endswith(".safetensors")
+        ]
+        what = f"{where}: {', '.join(pickles)}" if pickles else where
+        raise TeacherLoadError(_unsafe_pickle_message(what, err)) from err
     except Exception as err:
         raise TeacherLoadError(f"{where} failed to load: {type(err).__name__}: {err}") from err
     model.to(dtype=torch_dtype)
@@ -551,9 +642,10 @@ class TeacherEnsemble:
         architecture (read before any Hub weights are downloaded). ``source`` names the trajectory in errors.
         """
         if weights is not None and len(weights) != len(checkpoints):
-            raise ValueError(
+            raise OptionError(
                 f"teacher_weights has {len(weights)} values but the spec selects {len(checkpoints)} checkpoints "
-                f"({[c.name for c in checkpoints]}); give one weight per selected checkpoint."
+                f"({[c.name for c in checkpoints]}); give one weight per selected checkpoint.",
+                "teacher_weights",
             )
         checkpoints, merged_weights = cls.merge_duplicates(checkpoints, weights)
         if check_architecture:

@@ -18,6 +18,7 @@ from .config import CheckpointDistillConfig
 from .export import build_model_card, export_timm_folder, is_checkpoint_folder
 from .losses import ensemble_kd_loss, linear_distillation_loss, shift_for_causal_lm
 from .modeling import is_causal_lm, is_timm_model, max_positions
+from .run_folders import resolve_resume_checkpoint
 from .schedules import TeacherSchedule
 from .sources import TeacherSource, build_teacher_source
 from .teachers import TeacherEnsemble, TeacherLoadError, TeacherModelInit, model_logits
@@ -151,8 +152,8 @@ class CheckpointDistillTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self._shift_labels = is_causal_lm(student)
         internals.count_label_tokens_shifted(self, self._shift_labels)
-        self._linear_kd = args.kd_loss != "full" and self._shift_labels
-        if self._linear_kd:
+        self._linear_kd = args.kd_loss != "full"
+        if self._linear_kd:  # the mode the user chose is honoured or refused, never swapped for full logits
             self._check_linear_kd(student)
         self._kd_draws = (-1, 0)  # (global step, draws made at it): seeds kd_loss='sampled' reproducibly
         self._input_limits = self._limits(student)
@@ -212,12 +213,28 @@ class CheckpointDistillTrainer(Trainer):
         active set; ``None`` when the targets come from a soft-target cache)."""
         return self.teacher_source.ensemble
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """``Trainer.train``, resuming only from a complete checkpoint: ``resume_from_checkpoint=True`` takes
+        the latest complete ``checkpoint-<step>`` of ``output_dir`` (skipping, with a warning, one a kill
+        during a save left incomplete, where transformers would take it and fail), and a folder that is not a
+        complete checkpoint is refused with a ``ResumeError`` that names the one to use
+        (:func:`hf_ckd.run_folders.resolve_resume_checkpoint`)."""
+        if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
+            resume_from_checkpoint = resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     # ---- set-up ------------------------------------------------------------------------------------
 
     def _check_linear_kd(self, model: nn.Module) -> None:
         import inspect
 
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if not self._shift_labels:
+            raise ValueError(
+                f"kd_loss={self.args.kd_loss!r} is token-level KD of causal LMs (it chunks or samples the "
+                f"vocabulary); {type(model).__name__} is not a causal LM, so there is nothing to chunk: use "
+                "kd_loss='full'."
+            )
         if head is None or "logits_to_keep" not in inspect.signature(model.forward).parameters:
             raise ValueError(
                 f"kd_loss={self.args.kd_loss!r} needs a causal LM whose forward takes logits_to_keep and that has "

@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from hf_ckd.data import DataError, checkpoint_incomplete, last_complete_checkpoint
+from hf_ckd.data import checkpoint_incomplete, last_complete_checkpoint
+from hf_ckd.run_folders import ResumeError
 from hf_ckd.scripts._common import last_checkpoint, resolve_resume
 
 
@@ -93,13 +94,13 @@ def test_resume_from_checkpoint_true_and_an_incomplete_folder(run_folder, tmp_pa
         run_folder / "checkpoint-2"
     )
     with pytest.raises(
-        DataError, match=r"checkpoint-4' is incomplete: it is empty .*Resume from '.*checkpoint-2'"
+        ResumeError, match=r"checkpoint-4. is incomplete: it is empty .*Resume from '.*checkpoint-2'"
     ):
         resolve_resume(str(run_folder), str(run_folder / "checkpoint-4"))
     empty = tmp_path / "empty_run"
     (empty / "checkpoint-4").mkdir(parents=True)
     with pytest.raises(
-        DataError, match=r"--resume_from_checkpoint true: --output_dir '.*empty_run' holds no complete"
+        ResumeError, match=r"--resume_from_checkpoint=True: output_dir ..*empty_run. holds no complete"
     ):
         resolve_resume(str(empty), "true")
 

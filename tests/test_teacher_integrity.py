@@ -307,3 +307,33 @@ def test_a_later_scheduled_checkpoint_with_another_label_space_is_refused_up_fro
     with pytest.raises(TeacherLoadError, match=r"different label spaces.*'checkpoint-120': 7"):
         _trainer(tmp_path, run, text_data, teacher_checkpoints="all", teacher_schedule="progressive")
     assert not (tmp_path / "student").exists()
+
+
+def test_pickle_weights_are_judged_from_their_opcodes_without_unpickling(tmp_path):
+    """hf-ckd check and the up-front checks of a schedule read a pickle's opcodes: the globals that
+    weights_only=True would refuse are named, a plain state dict (either torch.save format) has none, and
+    nothing in the file runs."""
+    import pickle
+    from pathlib import Path
+
+    from hf_ckd.teachers import unsafe_pickle_globals
+
+    state = tiny_bert(hidden=16, layers=1).state_dict()
+    torch.save(state, tmp_path / "zip.bin")
+    torch.save(state, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    torch.save(StateDict(state), tmp_path / "subclass.bin")
+    marker = tmp_path / "code-ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    with open(tmp_path / "evil.bin", "wb") as f:
+        pickle.dump({"weight": RunsCode()}, f)
+    (tmp_path / "junk.bin").write_bytes(b"\x00not a pickle" * 8)
+    assert unsafe_pickle_globals(str(tmp_path / "zip.bin")) == []
+    assert unsafe_pickle_globals(str(tmp_path / "legacy.bin")) == []
+    assert unsafe_pickle_globals(str(tmp_path / "subclass.bin")) == ["conftest.StateDict"]
+    assert "pathlib.Path.touch" in unsafe_pickle_globals(str(tmp_path / "evil.bin"))
+    assert unsafe_pickle_globals(str(tmp_path / "junk.bin")) == ["<not a pickle>"]
+    assert not marker.exists()

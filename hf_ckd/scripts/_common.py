@@ -326,7 +326,7 @@ def last_checkpoint(output_dir: str, overwrite: bool) -> str | None:
     """The latest complete checkpoint an interrupted run left in ``output_dir`` (resumed as the transformers
     examples do, but skipping, with a warning, the ``checkpoint-N/`` a kill during a save left incomplete:
     ``hf_ckd.data.last_complete_checkpoint``), or ``None`` with ``overwrite`` or when there is none."""
-    from hf_ckd.data import last_complete_checkpoint
+    from hf_ckd.run_folders import last_complete_checkpoint
 
     if overwrite or not os.path.isdir(output_dir):
         return None
@@ -338,29 +338,11 @@ def last_checkpoint(output_dir: str, overwrite: bool) -> str | None:
 
 def resolve_resume(output_dir: str, requested: str | bool | None) -> str | None:
     """``--resume_from_checkpoint`` as the Trainer should get it: ``true`` is the latest complete checkpoint
-    of ``output_dir`` (the Trainer's own ``True`` takes the highest step, complete or not), a folder must be a
-    complete checkpoint. A ``DataError`` names the folder and what is missing."""
-    from hf_ckd.data import DataError, checkpoint_incomplete, last_complete_checkpoint
+    of ``output_dir``, a folder must be a complete checkpoint (``hf_ckd.run_folders.resolve_resume_checkpoint``;
+    a ``ResumeError`` names the folder and what is missing)."""
+    from hf_ckd.run_folders import resolve_resume_checkpoint
 
-    if requested is None or requested is False or requested == "":
-        return None
-    if requested is True or (isinstance(requested, str) and requested.strip().lower() == "true"):
-        checkpoint = last_complete_checkpoint(output_dir)
-        if checkpoint is None:
-            raise DataError(
-                f"--resume_from_checkpoint true: --output_dir '{output_dir}' holds no complete checkpoint-<step> "
-                "folder to resume from. Drop --resume_from_checkpoint to start from scratch."
-            )
-        return checkpoint
-    if os.path.isdir(requested):
-        problem = checkpoint_incomplete(requested)
-        if problem is not None:
-            earlier = last_complete_checkpoint(os.path.dirname(os.path.abspath(requested)))
-            raise DataError(
-                f"--resume_from_checkpoint '{requested}' is incomplete: {problem} (a save that did not finish). "
-                + (f"Resume from '{earlier}' instead." if earlier else "Start from scratch without it.")
-            )
-    return requested
+    return resolve_resume_checkpoint(output_dir, requested, argument="--resume_from_checkpoint")
 
 
 def train_and_report(

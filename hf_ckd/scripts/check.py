@@ -55,6 +55,19 @@ class CheckArguments:
     teacher_cache_dir: str | None = field(
         default=None, metadata={"help": "Hub cache folder for a Hub trajectory (default: HF_HUB_CACHE)."}
     )
+    teacher_allow_unsafe_pickle: bool = field(
+        default=False,
+        metadata={
+            "help": "As the trainer's flag: accept pickle weights that torch.load(weights_only=True) refuses "
+            "(otherwise each is reported, from its opcodes, without unpickling it)."
+        },
+    )
+    teacher_trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "As the trainer's flag: accept checkpoints whose classes are code shipped with them."
+        },
+    )
     student_model_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -202,7 +215,9 @@ def build_report(args: CheckArguments) -> dict[str, Any]:
         for message in found:
             record("config", message, checkpoint.name)
         if checkpoint.path:
-            for message in checkpoint_problems(checkpoint):
+            for message in checkpoint_problems(
+                checkpoint, allow_unsafe_pickle=args.teacher_allow_unsafe_pickle
+            ):
                 record("files", message, checkpoint.name)
     for name, message in signature_problems(list(trajectory)).items():
         record("signature", message, name)
