@@ -62,6 +62,17 @@ def check_temperature(value: Any, name: str = "temperature") -> float:
     return float(value)
 
 
+def check_beta(value: Any, name: str = "beta") -> float:
+    """The generalized Jensen-Shannon weight (TRL's ``beta``), in [0, 1]: 0 forward KL, 1 reverse KL."""
+    if not (_finite_number(value) and 0.0 <= value <= 1.0):
+        raise OptionError(
+            f"{name} must lie in [0, 1] (the divergence: 0 forward KL, 1 reverse KL, in between the generalized "
+            f"Jensen-Shannon divergence with that mixture weight), got {value!r}.",
+            name,
+        )
+    return float(value)
+
+
 def check_alpha(value: Any, name: str = "alpha") -> float:
     """The weight of the hard-label cross-entropy, in [0, 1]."""
     if not (_finite_number(value) and 0.0 <= value <= 1.0):
@@ -153,3 +164,38 @@ def check_boundaries(
             name,
         )
     return values
+
+
+# Positions per chunk of the chunked KD losses when ``kd_chunk_size`` is None (benchmarks/chunk_size.py,
+# benchmarks/RESULTS.md "Chunk size"): as many as keep one [chunk, V] float32 buffer within KD_CHUNK_BUDGET
+# elements, but at least the head's hidden size H when it is known (each chunk reads the [V, H] head weights and
+# adds into their gradient, so fewer positions per chunk leave that traffic unamortised), within
+# [KD_CHUNK_MIN, KD_CHUNK_MAX].
+KD_CHUNK_BUDGET = 2**22  # elements of one [chunk, V] buffer (16 MiB in float32)
+KD_CHUNK_MIN, KD_CHUNK_MAX = 16, 1024
+
+
+def default_chunk_size(vocab: int, hidden: int | None = None, budget: int = KD_CHUNK_BUDGET) -> int:
+    """Positions per chunk for a head of ``vocab`` ids and ``hidden`` features (its weight is
+    ``[vocab, hidden]``): ``clamp(max(budget // vocab, hidden), 16, 1024)``; without ``hidden``,
+    ``clamp(budget // vocab, 16, 1024)``.
+
+    One ``[chunk, vocab]`` float32 buffer then holds at most ``max(budget, vocab * hidden)`` elements: 16 MiB by
+    default, or the size of the head's float32 weight gradient when that is larger. E.g. 1024 positions up to
+    V = 4,096; 512 at V = 8,192 and H <= 512; at V = 32,768, 128 for H <= 128 and H itself above (512 for
+    H = 512); 1024 from H = 1024 up. Without ``hidden``: 128 at V = 32,768, 32 at 131,072, 16 from 262,144.
+    """
+    check_int(vocab, 1, "vocab")
+    check_int(budget, 1, "budget")
+    floor = 0 if hidden is None else check_int(hidden, 1, "hidden")
+    return max(KD_CHUNK_MIN, min(KD_CHUNK_MAX, max(budget // vocab, floor)))
+
+
+def resolve_chunk_size(
+    chunk_size: int | None, vocab: int, name: str = "kd_chunk_size", *, hidden: int | None = None
+) -> int:
+    """``chunk_size`` when given (an integer >= 1, else an error naming ``name``), else
+    :func:`default_chunk_size` of ``vocab`` and ``hidden``."""
+    if chunk_size is None:
+        return default_chunk_size(vocab, hidden)
+    return check_int(chunk_size, 1, name)

@@ -15,6 +15,7 @@ from ._options import (
     TEACHER_DTYPES,
     OptionError,
     check_alpha,
+    check_beta,
     check_boundaries,
     check_choice,
     check_int,
@@ -39,8 +40,10 @@ class CheckpointDistillConfig(TrainingArguments):
             Where the teacher trajectory lives: the `output_dir` of a `transformers.Trainer` run (it holds
             `checkpoint-<step>/` folders), a single saved model folder, or a Hub repo written
             `hub:ORG/NAME` or `hub:ORG/NAME@PATTERN` (one branch or tag per checkpoint, such as `step1000`,
-            or `checkpoint-<step>/` subfolders; PATTERN is a glob over their names, such as `step*`).
-            Required unless the trainer is given `teachers=` directly.
+            or `checkpoint-<step>/` subfolders; PATTERN is a glob over their names, such as `step*`), or, as
+            TRL takes it, a Hub model id without the prefix (`gpt2`, `ORG/NAME`) when no local path has that
+            name (its layout detected; a warning says which). Required unless the trainer is given `teachers=`
+            or `teacher_model=` directly.
         teacher_revision (`str`, *optional*, defaults to `"main"`):
             For a Hub teacher: the revision whose `checkpoint-<step>/` subfolders (or root model) are read.
             Branch-per-checkpoint repos ignore it. A private repo is read with `hub_token` (or the logged-in
@@ -102,13 +105,22 @@ class CheckpointDistillConfig(TrainingArguments):
         alpha (`float`, *optional*, defaults to `0.5`):
             Weight of the hard-label cross-entropy, in [0, 1]: loss = alpha * CE + (1 - alpha) * tau^2 * KL.
             `1` is plain training, `0` pure distillation (no labels needed).
+        beta (`float`, *optional*, defaults to `0.0`):
+            The divergence of the KD term, TRL's `beta` (generalized Jensen-Shannon, arXiv:2306.13649): `0`
+            forward KL(P_T || p_S) (Hinton's KD, mass-covering), `1` reverse KL(p_S || P_T) (mode-seeking, TRL's
+            `DistillationTrainer` default), in between beta * KL(P_T || M) + (1 - beta) * KL(p_S || M) with
+            M = beta * P_T + (1 - beta) * p_S. Taken against the ensemble target (`ensemble_average`). `kd_loss`
+            `full` and `chunked` only (`sampled` estimates forward KL).
         kd_loss (`str`, *optional*, defaults to `"full"`):
             How token-level KD of causal LMs is computed: `full` (from the logits), `chunked` (exact, from the
             last hidden states and the LM heads, positions in chunks of `kd_chunk_size`, never holding the
             [tokens, vocabulary] logits) or `sampled` (an estimate from `kd_num_samples` vocabulary ids per
             position; see docs/large_vocab.md). Other students must use `full` (`chunked` and `sampled` refuse them).
-        kd_chunk_size (`int`, *optional*, defaults to `1024`):
-            Positions per chunk for `kd_loss` `chunked` and `sampled`.
+        kd_chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Positions per chunk for `kd_loss` `chunked` and `sampled`. `None` sizes the chunks from the student's
+            LM head [V, H]: clamp(max(2^22 // V, H), 16, 1024) positions, one [chunk, V] float32 buffer of at most
+            16 MiB or the head's own size (1024 positions up to V = 4,096; at V = 32,768, 128 for H <= 128 and H
+            above; see docs/large_vocab.md). An integer >= 1 fixes it (1024 was the default).
         kd_num_samples (`int` or `None`, *optional*, defaults to `None`):
             Vocabulary ids sampled per position for `kd_loss=sampled` (e.g. 2 percent of the vocabulary): two
             thirds from the teacher (its most likely ids and draws from the rest), one third uniform ids. With a
@@ -124,6 +136,10 @@ class CheckpointDistillConfig(TrainingArguments):
             A soft-target cache built by `hf_ckd.cache.build_soft_target_cache` for these teachers, this
             temperature and this training data: the targets are read from it and no teacher is loaded. The
             train dataset must be the `hf_ckd.cache.ReplayViews` the cache was built with.
+        eval_kd_divergence (`bool`, *optional*, defaults to `False`):
+            Also measure the KD divergence (the `beta` divergence at `temperature`, without tau^2: TRL's number)
+            on the eval set, logged as `eval_kd_divergence` beside `eval_loss` (the student's cross-entropy).
+            Runs the teachers on every eval batch; not with `soft_target_cache` (it holds training targets).
     """
 
     teacher: str | None = field(
@@ -132,8 +148,8 @@ class CheckpointDistillConfig(TrainingArguments):
             "help": "Where the teacher trajectory lives: the output_dir of a transformers.Trainer run (it holds "
             "checkpoint-<step>/ folders), a single saved model folder, or a Hub repo written hub:ORG/NAME or "
             "hub:ORG/NAME@PATTERN (one branch or tag per checkpoint, such as step1000, or checkpoint-<step>/ "
-            "subfolders; PATTERN is a glob over their names, such as step*). Required unless the trainer is "
-            "given teachers= directly."
+            "subfolders; PATTERN is a glob over their names, such as step*), or, as TRL takes it, a Hub model "
+            "id without the prefix (gpt2, ORG/NAME) when no local path has that"
         },
     )
     teacher_revision: str = field(
@@ -258,6 +274,16 @@ class CheckpointDistillConfig(TrainingArguments):
             "1 is plain training, 0 pure distillation (no labels needed)."
         },
     )
+    beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "The divergence of the KD term, TRL's beta (generalized Jensen-Shannon, arXiv:2306.13649): 0 "
+            "forward KL(P_T || p_S) (Hinton's KD, mass-covering), 1 reverse KL(p_S || P_T) (mode-seeking, TRL's "
+            "DistillationTrainer default), in between beta * KL(P_T || M) + (1 - beta) * KL(p_S || M) with M = "
+            "beta * P_T + (1 - beta) * p_S. Taken against the ensemble target (ensemble_average). kd_loss full "
+            "and chunked only (sampled estimates forward KL)."
+        },
+    )
     kd_loss: str = field(
         default="full",
         metadata={
@@ -267,8 +293,14 @@ class CheckpointDistillConfig(TrainingArguments):
             "position; see docs/large_vocab.md). Other students must use full (chunked and sampled refuse them)."
         },
     )
-    kd_chunk_size: int = field(
-        default=1024, metadata={"help": "Positions per chunk for kd_loss chunked and sampled."}
+    kd_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Positions per chunk for kd_loss chunked and sampled. None sizes the chunks from the student's "
+            "LM head [V, H]: clamp(max(2^22 // V, H), 16, 1024) positions, one [chunk, V] float32 buffer of at most "
+            "16 MiB or the head's own size (1024 positions up to V = 4,096; at V = 32,768, 128 for H <= 128 and H "
+            "above; see docs/large_vocab.md). An integer >= 1 fixes it (1024 was the default)."
+        },
     )
     kd_num_samples: int | None = field(
         default=None,
@@ -294,6 +326,14 @@ class CheckpointDistillConfig(TrainingArguments):
             "train dataset must be the hf_ckd.cache.ReplayViews the cache was built with."
         },
     )
+    eval_kd_divergence: bool = field(
+        default=False,
+        metadata={
+            "help": "Also measure the KD divergence (the beta divergence at temperature, without tau^2: TRL's number) "
+            "on the eval set, logged as eval_kd_divergence beside eval_loss (the student's cross-entropy). Runs "
+            "the teachers on every eval batch; not with soft_target_cache (it holds training targets)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -301,6 +341,7 @@ class CheckpointDistillConfig(TrainingArguments):
         # a bad value fails here, naming the field, before anything is loaded or written.
         check_temperature(self.temperature)
         check_alpha(self.alpha)
+        check_beta(self.beta)
         check_choice(self.ensemble_average, AVERAGE_MODES, "ensemble_average")
         if self.teacher_dtype is not None:
             check_choice(self.teacher_dtype, tuple(TEACHER_DTYPES), "teacher_dtype")
@@ -314,7 +355,8 @@ class CheckpointDistillConfig(TrainingArguments):
             )
         self._check_schedule()
         check_choice(self.kd_loss, KD_LOSS_MODES, "kd_loss")
-        check_int(self.kd_chunk_size, 1, "kd_chunk_size")
+        if self.kd_chunk_size is not None:
+            check_int(self.kd_chunk_size, 1, "kd_chunk_size")
         needs_samples = self.kd_loss == "sampled" and self.soft_target_cache is None
         if (needs_samples or self.kd_num_samples is not None) and (
             self.kd_num_samples is None or self.kd_num_samples < 1
@@ -323,12 +365,24 @@ class CheckpointDistillConfig(TrainingArguments):
                 f"kd_loss='sampled' needs kd_num_samples >= 1 (ids drawn per position), got {self.kd_num_samples!r}.",
                 "kd_num_samples",
             )
+        if self.kd_loss == "sampled" and self.beta != 0:
+            raise OptionError(
+                f"kd_loss='sampled' estimates the forward KL (beta=0) only; beta={self.beta} (reverse KL / "
+                "generalized JSD) needs the student's whole distribution: use kd_loss='chunked' (exact, as lean).",
+                "beta",
+            )
         check_choice(self.teacher_fusion, FUSION_MODES, "teacher_fusion")
         if self.soft_target_cache is not None and self.teacher_schedule != "static":
             raise OptionError(
                 "soft_target_cache holds the targets of one static ensemble; it cannot follow "
                 f"teacher_schedule={self.teacher_schedule!r}. Drop one of the two.",
                 "soft_target_cache",
+            )
+        if self.eval_kd_divergence and self.soft_target_cache is not None:
+            raise OptionError(
+                "eval_kd_divergence needs the teachers on the eval batches, but soft_target_cache holds the "
+                "training targets only and no teacher is loaded. Drop one of the two.",
+                "eval_kd_divergence",
             )
         if self.label_smoothing_factor != 0:
             raise OptionError(

@@ -475,6 +475,18 @@ def checkpoint_config_file(checkpoint: Checkpoint) -> str | None:
 # ---- teacher specs ---------------------------------------------------------------------------------
 
 
+def looks_like_hub_id(teacher: str) -> bool:
+    """Whether ``teacher``, which is no local path, can be a Hub model id written without the ``hub:`` prefix,
+    TRL-style (``gpt2``, ``ORG/NAME``): a valid repo id that does not start like a path (``/``, ``.``, ``~``)."""
+    if not teacher or teacher[0] in "/.~" or teacher.count("/") > 1 or (os.sep != "/" and os.sep in teacher):
+        return False
+    try:
+        validate_repo_id(teacher)
+    except HFValidationError:
+        return False
+    return True
+
+
 def parse_hub_spec(teacher: str) -> tuple[str, str | None] | None:
     """``hub:ORG/NAME[@PATTERN]`` to ``(repo_id, pattern)``; ``None`` for anything else (a local path)."""
     if not teacher.startswith(HUB_PREFIX):

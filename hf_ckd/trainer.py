@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from . import _trainer_internals as internals
 from .cache import CACHE_KEYS, ReplayViewCallback, ReplayViews, collate_with_cache_keys
@@ -91,9 +91,12 @@ class CheckpointDistillTrainer(Trainer):
                 "CheckpointDistillTrainer computes its own loss; compute_loss_func is not supported. Subclass and "
                 "override compute_loss instead."
             )
+        if isinstance(args, TrainingArguments) and not isinstance(args, CheckpointDistillConfig):
+            args = _as_distill_config(args)
         if not isinstance(args, CheckpointDistillConfig):
             raise TypeError(
-                f"CheckpointDistillTrainer needs args=CheckpointDistillConfig(...), got {type(args).__name__}."
+                f"CheckpointDistillTrainer needs args=CheckpointDistillConfig(...) (or TrainingArguments, converted "
+                f"with the KD defaults), got {type(args).__name__}."
             )
         if teacher_model is not None:  # TRL's keyword: one teacher, an instance or a path / hub:ORG/NAME spec
             teachers = _teacher_from_model(teacher_model, args, teachers, teacher_source, teacher_schedule)
@@ -109,6 +112,7 @@ class CheckpointDistillTrainer(Trainer):
         if model is not None:
             self.teacher_source.check_student(model)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._eval_metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.lineage = {
             **self.teacher_source.lineage(args.max_steps),
             "temperature": args.temperature,
@@ -288,8 +292,9 @@ class CheckpointDistillTrainer(Trainer):
             # Pure KD without labels: distil every non-padding position (the label values are never read).
             labels = torch.where(inputs["attention_mask"].bool(), 0, -100)
         needs_teachers = training and alpha < 1
+        eval_divergence = not training and self.args.eval_kd_divergence
         log_target = None
-        if needs_teachers:
+        if needs_teachers or eval_divergence:
             log_target = self.teacher_source.log_targets(
                 inputs, self.args.temperature, step=self.state.global_step
             )
@@ -303,9 +308,13 @@ class CheckpointDistillTrainer(Trainer):
             shift_labels=self._shift_labels and not pre_shifted,
             num_items_in_batch=num_items_in_batch,
             log_target=log_target,
+            beta=self.args.beta,
         )
         if training:
             self._check_finite(loss, parts)
+        elif eval_divergence:  # summed over the eval set, logged as eval_kd_divergence (see log)
+            self._eval_metrics["count"].append(parts["num_items"].float())
+            self._eval_metrics["divergence_sum"].append(parts["divergence"] * parts["num_items"])
         loss = self._scale_and_record(loss, parts, num_items_in_batch, training, needs_teachers, has_labels)
         if not isinstance(outputs, Mapping):
             # Trainer.prediction_step reads a tuple output as (loss, logits, ...); the student ran without labels.
@@ -327,6 +336,7 @@ class CheckpointDistillTrainer(Trainer):
             self._metrics["count"].append(parts["num_items"].float())
             if needs_teachers:
                 self._metrics["kd_sum"].append(parts["kd"] * denom)
+                self._metrics["divergence_sum"].append(parts["divergence"] * denom)
             if has_labels:
                 self._metrics["ce_sum"].append(parts["ce"] * denom)
         return loss
@@ -380,6 +390,7 @@ class CheckpointDistillTrainer(Trainer):
             generator=generator,
             student_head_bias=getattr(head, "bias", None),
             num_items_in_batch=num_items_in_batch,
+            beta=self.args.beta,
             **teacher_inputs,
         )
         self._check_finite(loss, parts)
@@ -398,9 +409,20 @@ class CheckpointDistillTrainer(Trainer):
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs and self._eval_metrics["count"]:
+            count = self.accelerator.gather(torch.stack(self._eval_metrics["count"]).sum().reshape(1)).sum()
+            total = self.accelerator.gather(
+                torch.stack(self._eval_metrics["divergence_sum"]).sum().reshape(1)
+            ).sum()
+            logs["eval_kd_divergence"] = round((total / count.clamp(min=1)).item(), 6)
+            self._eval_metrics.clear()
         if "loss" in logs and self._metrics["count"]:
             count = self.accelerator.gather(torch.stack(self._metrics["count"]).sum().reshape(1)).sum()
-            for key, name in (("ce_sum", "loss_ce"), ("kd_sum", "loss_kd")):
+            for key, name in (
+                ("ce_sum", "loss_ce"),
+                ("kd_sum", "loss_kd"),
+                ("divergence_sum", "kd_divergence"),
+            ):
                 if self._metrics[key]:
                     total = self.accelerator.gather(torch.stack(self._metrics[key]).sum().reshape(1)).sum()
                     logs[name] = round((total / count.clamp(min=1)).item(), 6)
@@ -455,6 +477,32 @@ class CheckpointDistillTrainer(Trainer):
             export_timm_folder(output_dir, model)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+
+def _as_distill_config(args: TrainingArguments) -> CheckpointDistillConfig:
+    """Plain ``TrainingArguments`` as a :class:`CheckpointDistillConfig` with every KD field at its default, as
+    TRL's trainers convert them, with a warning that names those defaults."""
+    import dataclasses
+    import warnings
+
+    values = args.to_dict()
+    values["hub_token"] = args.hub_token  # to_dict() masks it
+    values.pop("push_to_hub_token", None)
+    names = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    config = CheckpointDistillConfig(**{k: v for k, v in values.items() if k in names})
+    defaults = ", ".join(
+        f"{f.name}={getattr(config, f.name)!r}"
+        for f in dataclasses.fields(CheckpointDistillConfig)
+        if f.name in ("temperature", "alpha", "beta", "teacher_checkpoints", "kd_loss", "ensemble_average")
+    )
+    warnings.warn(
+        f"CheckpointDistillTrainer got plain TrainingArguments: converted to CheckpointDistillConfig with the KD "
+        f"defaults ({defaults}; the loss is alpha * CE + (1 - alpha) * temperature^2 * KL). Pass a "
+        "CheckpointDistillConfig to choose them.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return config
 
 
 def _teacher_from_model(

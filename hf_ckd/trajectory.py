@@ -8,6 +8,7 @@ metrics).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -16,7 +17,9 @@ from typing import Any
 
 from ._constants import CHECKPOINT_DIR_RE, MODEL_FILE_NAMES, PREFIX_CHECKPOINT_DIR, TRAINER_STATE_NAME
 from .checkpoint import Checkpoint, HubRepo, TrajectoryError, eval_metrics_at, read_trainer_state
-from .hub import hub_checkpoints, parse_hub_spec
+from .hub import HubError, hub_checkpoints, looks_like_hub_id, parse_hub_spec
+
+logger = logging.getLogger(__name__)
 
 _TRAILING_STEP_RE = re.compile(r"(\d+)$")
 __all__ = ["Checkpoint", "HubRepo", "Trajectory", "TrajectoryError", "load_trajectory"]
@@ -263,17 +266,45 @@ def load_trajectory(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
 ) -> Trajectory:
-    """A teacher trajectory from a local path (:meth:`Trajectory.from_local`) or a Hub spec
-    ``hub:ORG/NAME[@PATTERN]`` (:meth:`Trajectory.from_hub`, with the other arguments)."""
-    hub = parse_hub_spec(os.fspath(teacher))
+    """A teacher trajectory from a local path (:meth:`Trajectory.from_local`), a Hub spec
+    ``hub:ORG/NAME[@PATTERN]`` (:meth:`Trajectory.from_hub`, with the other arguments), or, as TRL takes
+    teachers, a Hub model id without the prefix (``gpt2``, ``ORG/NAME``) when no local path has that name: the
+    repo's step branches, its ``checkpoint-*`` subfolders, or its one model, whichever it publishes (a warning
+    says which was found)."""
+    spec = os.fspath(teacher)
+    hub = parse_hub_spec(spec)
+    hub_options = {
+        "revision": revision,
+        "token": token,
+        "cache_dir": cache_dir,
+        "local_files_only": local_files_only,
+    }
     if hub is None:
-        return Trajectory.from_local(teacher)
+        if os.path.exists(spec) or not looks_like_hub_id(spec):
+            return Trajectory.from_local(teacher)
+        try:
+            trajectory = Trajectory.from_hub(spec, **hub_options)
+        except HubError as err:
+            raise HubError(
+                f"Teacher '{spec}' is not a local path (no such file or folder) and was read as a Hub model id, but: "
+                f"{err} For a local folder, check the path (relative to {os.getcwd()})."
+            ) from err
+        logger.warning(
+            "Teacher '%s' is no local path: read as the Hub model repo %s.", spec, _layout(trajectory)
+        )
+        return trajectory
     repo_id, pattern = hub
-    return Trajectory.from_hub(
-        repo_id,
-        pattern=pattern,
-        revision=revision,
-        token=token,
-        cache_dir=cache_dir,
-        local_files_only=local_files_only,
-    )
+    return Trajectory.from_hub(repo_id, pattern=pattern, **hub_options)
+
+
+def _layout(trajectory: Trajectory) -> str:
+    """What a Hub trajectory was made of, for the message that names it."""
+    checkpoints = trajectory.checkpoints
+    first = checkpoints[0]
+    if len(checkpoints) == 1 and not first.subfolder:
+        return (
+            f"'{first.source}' (one model: revision {first.revision or 'main'}, a one-checkpoint trajectory)"
+        )
+    if first.subfolder:
+        return f"'{first.source}': {len(checkpoints)} checkpoint subfolders ({first.subfolder} ... {checkpoints[-1].subfolder})"
+    return f"'{first.source}': {len(checkpoints)} step branches/tags ({first.revision} ... {checkpoints[-1].revision})"

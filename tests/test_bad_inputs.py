@@ -36,7 +36,6 @@ from conftest import StateDict, tiny_bert, tiny_gpt2, trainer_args
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from transformers import TrainingArguments
 
 from hf_ckd import (
     CacheError,
@@ -519,16 +518,14 @@ CASES.append(
 )
 CASES.append(
     Case(
-        "plain-training-arguments",
+        "args-not-training-arguments",
         lambda ctx: (
             lambda: CheckpointDistillTrainer(
-                model=tiny_bert(16, 1),
-                args=TrainingArguments(**trainer_args(ctx.out)),
-                train_dataset=ctx.text_data[0],
+                model=tiny_bert(16, 1), args=trainer_args(ctx.out), train_dataset=ctx.text_data[0]
             )
         ),
         TypeError,
-        r"needs args=CheckpointDistillConfig",
+        r"needs args=CheckpointDistillConfig\(...\) \(or TrainingArguments, converted .*\), got dict",
     )
 )
 

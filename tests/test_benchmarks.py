@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -53,3 +55,40 @@ def test_import_time_quick(tmp_path):
     assert all(v > 0 for v in result["median_s"].values())
     # What the figures are about: the light imports leave transformers.Trainer and timm unimported.
     assert result["loaded"]["import hf_ckd.losses"] == "trainer=0 timm=0"
+
+
+def test_chunk_size_quick(tmp_path):
+    out = tmp_path / "chunk_size.json"
+    load("chunk_size").main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert {(r["vocab"], r["chunk_size"]) for r in result["runs"]} == {(2048, 16), (2048, 256)}
+    losses = [r["loss"] for r in result["runs"]]
+    assert max(losses) - min(losses) < 1e-5 * abs(losses[0])  # exact at every chunk size
+    assert all(r["time_s"] > 0 and r["peak_bytes"] >= 0 for r in result["runs"])
+    assert result["rule"] == {"2048": 1024}
+
+
+def test_trl_parity_quick(tmp_path):
+    pytest.importorskip("trl")
+    out = tmp_path / "trl_parity.json"
+    load("trl_parity").main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    ratio = 15 / 16  # T = 16: TRL divides by the unshifted label count
+    for p in result["parity"]:
+        first = p["first_step"]
+        assert p["same_batches"] and p["max_abs_dw"]["same_init"] == 0
+        # the loss function agrees (at any temperature) and, at tau = 1, the trainers up to the token count
+        assert first["trl_function_rel_error"] < 1e-5
+        assert first["chunked_rel_error"] < 1e-5
+        if p["temperature"] == 1:
+            assert first["gkd_over_hf"] == pytest.approx(ratio, rel=1e-5)
+        else:  # GKDTrainer does not pass its temperature to the loss: its value is the tau = 1 one
+            assert first["gkd_rescaled_vs_hf_tau1"] < 1e-5
+    for s in result["sgd"]:
+        assert s["max_abs_dw_lr_times_T_over_T_minus_1"] < 1e-6 < s["max_abs_dw_same_lr"]
+    assert {(r["vocab"], r["arm"]) for r in result["runs"]} == {
+        (128, "hf_full"),
+        (128, "hf_chunked@1024"),
+        (128, "gkd"),
+    }
+    assert all(r["time_s"] > 0 and r["peak_bytes"] >= 0 for r in result["runs"])

@@ -338,3 +338,31 @@ def test_parse_hub_spec():
     assert parse_hub_spec("hub:org/name@step*") == ("org/name", "step*")
     assert parse_hub_spec("hub:org/name") == ("org/name", None)
     assert parse_hub_spec("runs/teacher") is None
+
+
+def test_a_plain_hub_id_is_a_teacher_the_trl_way(subfolder_cache, branch_cache, text_teacher, tmp_path, caplog):
+    """teacher='ORG/NAME' without the hub: prefix: the repo's layout is detected and named in a warning; a
+    single-model repo is a one-checkpoint trajectory; a name that is neither a path nor a repo is refused with
+    both facts."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="hf_ckd.trajectory"):
+        traj = load_trajectory(REPO, cache_dir=subfolder_cache)
+    assert [c.subfolder for c in traj] == ["checkpoint-30", "checkpoint-60", "checkpoint-90", "checkpoint-120"]
+    assert "read as the Hub model repo 'org/teacher': 4 checkpoint subfolders" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_ckd.trajectory"):
+        branches = load_trajectory(REPO, cache_dir=branch_cache)
+    assert [c.revision for c in branches] == ["step30", "step60", "step90", "step120"]
+    assert "4 step branches/tags (step30 ... step120)" in caplog.text
+    single = tmp_path / "single"
+    write_hub_cache(single, "gpt2", {"main": folder_files(checkpoint_dirs(text_teacher)[120])})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_ckd.trajectory"):
+        one = load_trajectory("gpt2", cache_dir=single)
+    assert len(one.checkpoints) == 1 and one.checkpoints[0].revision == "main"
+    assert "'gpt2' (one model" in caplog.text
+    with pytest.raises(HubError, match=r"Teacher 'runs/typo' is not a local path .* read as a Hub model id"):
+        load_trajectory("runs/typo", cache_dir=single)
+    with pytest.raises(Exception, match="does not exist"):  # a path-like name stays a local path
+        load_trajectory("./runs/typo")

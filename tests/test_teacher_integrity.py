@@ -337,3 +337,31 @@ def test_pickle_weights_are_judged_from_their_opcodes_without_unpickling(tmp_pat
     assert "pathlib.Path.touch" in unsafe_pickle_globals(str(tmp_path / "evil.bin"))
     assert unsafe_pickle_globals(str(tmp_path / "junk.bin")) == ["<not a pickle>"]
     assert not marker.exists()
+
+
+def test_plain_training_arguments_are_converted_with_the_kd_defaults(text_teacher, text_data, tmp_path):
+    """As TRL's trainers do: every TrainingArguments field kept, the KD fields at their defaults, named in a
+    warning; the teacher then comes from teacher_model=."""
+    from transformers import TrainingArguments
+
+    plain = TrainingArguments(**trainer_args(tmp_path / "s", max_steps=2, learning_rate=1e-3, seed=7))
+    with pytest.warns(
+        UserWarning, match=r"plain TrainingArguments: converted .*temperature=4.0, alpha=0.5, beta=0.0"
+    ):
+        trainer = CheckpointDistillTrainer(
+            model=tiny_bert(hidden=16, layers=1),
+            args=plain,
+            train_dataset=text_data[0],
+            teacher_model=text_teacher,
+        )
+    args = trainer.args
+    assert isinstance(args, CheckpointDistillConfig) and args.teacher == text_teacher
+    assert (args.learning_rate, args.seed, args.max_steps, args.output_dir) == (
+        1e-3,
+        7,
+        2,
+        str(tmp_path / "s"),
+    )
+    assert (args.temperature, args.alpha, args.beta) == (4.0, 0.5, 0.0)
+    trainer.train()
+    assert trainer.state.global_step == 2

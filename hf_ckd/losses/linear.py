@@ -13,8 +13,16 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .._options import KD_LOSS_MODES, check_alpha, check_choice, check_int, check_temperature
+from .._options import (
+    KD_LOSS_MODES,
+    check_alpha,
+    check_beta,
+    check_choice,
+    check_temperature,
+    resolve_chunk_size,
+)
 from ._kernels import _chunk_grads, _compute_dtype, _linear_logits, _log_softmax_, _matmul_dtype
+from .divergence import divergence_rows, divergence_rows_and_grad
 from .logit import ensemble_log_probs
 from .sampled import TeacherSamples, _as_teacher_samples, _kept_samples, _sampled_linear_kd
 
@@ -61,8 +69,8 @@ class _TeacherHeads:
 
 
 class _ChunkedLinearKD(torch.autograd.Function):
-    """Exact ``kd_weight * tau^2 * sum_i KL(P_T^tau || p_S^tau) + ce_weight * sum_i CE(y_i, p_S)`` over
-    positions in chunks, never holding ``[N, V]``.
+    """Exact ``kd_weight * tau^2 * sum_i D_beta(P_T^tau, p_S^tau) + ce_weight * sum_i CE(y_i, p_S)`` over
+    positions in chunks, never holding ``[N, V]`` (D_0 = KL(P_T^tau || p_S^tau), :mod:`~hf_ckd.losses.divergence`).
 
     Like Liger-Kernel's fused linear losses, each chunk's gradients w.r.t. the student's hidden states, head
     weight and bias are computed in the forward pass, right after the chunk's logits (one pass over the
@@ -72,7 +80,18 @@ class _ChunkedLinearKD(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, hidden, weight, bias, labels, teachers, temperature, chunk_size, kd_weight, ce_weight, dtype
+        ctx,
+        hidden,
+        weight,
+        bias,
+        labels,
+        teachers,
+        temperature,
+        chunk_size,
+        kd_weight,
+        ce_weight,
+        dtype,
+        beta,
     ):
         tau = temperature
         # The sums over positions are added up in float64 ([positions]-sized, so cheap): in float32 they would
@@ -103,6 +122,16 @@ class _ChunkedLinearKD(torch.autograd.Function):
             if kd_weight:
                 log_target = teachers.log_target(rows)
                 log_student = _log_softmax_(logits.div_(tau))  # logits is not needed again
+                if beta:  # reverse KL / generalized JSD: a few more [n, V] buffers than forward KL's three
+                    rows_value, grad_s = divergence_rows_and_grad(log_target, log_student, beta)
+                    del log_target, log_student
+                    kl = rows_value.sum(dtype=torch.float64)
+                    kd_sum = kd_sum + kl
+                    loss = loss + kd_weight * tau**2 * kl
+                    if with_grad:  # d/dz = (1 / tau) d/ds, times tau^2
+                        kd_grad = grad_s.mul_(kd_weight * tau)
+                        grad_logits = kd_grad if grad_logits is None else grad_logits.add_(kd_grad)
+                    return loss, grad_logits
                 target = log_target.exp()
                 # KL_i = sum_v P (log P - log q), formed in log P's buffer (no temporary) and summed per row:
                 # not one dot product over the chunk's [n * V] values, which BLAS adds up in a few running
@@ -132,7 +161,7 @@ class _ChunkedLinearKD(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_kd, _grad_ce):
         # The stored gradients are not needed again: scale them in place (no second copy of dL/dW).
         grads = [g.mul_(grad_loss.to(g.dtype)) if g is not None else None for g in ctx.saved_tensors]
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None)
 
 
 def _as_list(x) -> list:
@@ -186,7 +215,7 @@ def linear_distillation_loss(
     temperature: float = 1.0,
     alpha: float = 0.0,
     mode: str = "chunked",
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     num_samples: int | None = None,
     generator: torch.Generator | None = None,
     student_head_bias: torch.Tensor | None = None,
@@ -199,14 +228,16 @@ def linear_distillation_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     teacher_samples: TeacherSamples | None = None,
     teacher_entropy: torch.Tensor | None = None,
+    beta: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``alpha * CE + (1 - alpha) * tau^2 * KL(P_T^tau || p_S^tau)`` from hidden states and LM heads.
+    """``alpha * CE + (1 - alpha) * tau^2 * D_beta(P_T^tau, p_S^tau)`` from hidden states and LM heads.
 
     The same loss as :func:`ensemble_kd_loss` on the logits ``hidden @ head_weight.T + bias``, computed in
     one of three modes (docs/large_vocab.md):
 
     * ``"full"`` materialises ``[N, V]`` logits (the reference);
-    * ``"chunked"`` is exact: positions in chunks of ``chunk_size``, a custom ``autograd.Function`` that
+    * ``"chunked"`` is exact: positions in chunks of ``chunk_size`` (``None``: sized by memory,
+      :func:`hf_ckd._options.default_chunk_size` of the student head's ``[V, H]``), a custom ``autograd.Function`` that
       computes each chunk's logits, loss and gradients in one pass, so memory is ``O(chunk_size * V)``, not
       ``O(N * V)``;
     * ``"sampled"`` estimates it from about ``num_samples`` vocabulary ids per position: a share
@@ -248,14 +279,20 @@ def linear_distillation_loss(
             fields of :class:`~hf_ckd.losses.TeacherSamples`.
         teacher_entropy: deprecated: the entropy per position, ``[...]``, now ``TeacherSamples.entropy``; still
             taken (with a ``DeprecationWarning``) when the samples have none.
+        beta: the divergence, as in :func:`ensemble_kd_loss` (0 forward KL, 1 reverse KL, in between the
+            generalized JSD), in the ``full`` and ``chunked`` modes; ``sampled`` estimates forward KL only.
 
     Returns:
-        ``(loss, parts)`` as :func:`ensemble_kd_loss`: ``parts = {"ce", "kd", "num_items"}`` (detached).
+        ``(loss, parts)`` as :func:`ensemble_kd_loss`: ``parts = {"ce", "kd", "divergence", "num_items"}``
+        (detached).
     """
     check_temperature(temperature)
     check_alpha(alpha)
+    check_beta(beta)
     check_choice(mode, KD_LOSS_MODES, "mode")
-    check_int(chunk_size, 1, "chunk_size")
+    chunk_size = resolve_chunk_size(
+        chunk_size, student_head_weight.shape[0], "chunk_size", hidden=student_head_weight.shape[1]
+    )
     teacher_samples = _as_teacher_samples(teacher_samples, teacher_entropy)
     if teacher_samples is not None:
         if mode != "sampled":
@@ -286,6 +323,11 @@ def linear_distillation_loss(
         )
     mask = flat_labels != ignore_index
     num_items = mask.sum()
+    if mode == "sampled" and beta != 0 and alpha < 1:
+        raise ValueError(
+            f"mode='sampled' estimates the forward KL (beta=0) only: reverse KL and the generalized JSD need the "
+            f"student's whole distribution at every id. Got beta={beta}; use mode='chunked' (exact, as lean)."
+        )
     if mode == "sampled":
         if num_samples is None or not isinstance(num_samples, int) or not 1 <= num_samples <= vocab:
             raise ValueError(
@@ -320,8 +362,7 @@ def linear_distillation_loss(
         logits = _linear_logits(hidden, student_head_weight, student_head_bias, dtype)
         log_target = teachers.log_target(slice(0, hidden.shape[0])) if with_kd else None
         kd_sum = (
-            temperature**2
-            * F.kl_div(F.log_softmax(logits / temperature, -1), log_target, reduction="sum", log_target=True)
+            temperature**2 * divergence_rows(log_target, F.log_softmax(logits / temperature, -1), beta).sum()
             if with_kd
             else logits.new_zeros(())
         )
@@ -333,7 +374,7 @@ def linear_distillation_loss(
         kd_weight, ce_weight = (1 - alpha) if with_kd else 0.0, alpha if with_ce else 0.0
         loss_sum, kd_sum, ce_sum = _ChunkedLinearKD.apply(
             hidden, student_head_weight, student_head_bias, kept_labels, teachers, temperature, chunk_size,
-            kd_weight, ce_weight, dtype,
+            kd_weight, ce_weight, dtype, beta,
         )  # fmt: skip
     else:
         kd_sum, ce_sum = _sampled_linear_kd(
@@ -346,7 +387,8 @@ def linear_distillation_loss(
     loss, kd, ce = loss_sum / denom, kd_sum / denom, ce_sum / denom
     if hidden.shape[0] == 0:  # keep the graph connected: a batch of ignored positions gives zero gradients
         loss = loss + 0.0 * student_head_weight.sum()
-    return loss, {"ce": ce.detach(), "kd": kd.detach(), "num_items": num_items.detach()}
+    parts = {"ce": ce.detach(), "kd": kd.detach(), "divergence": kd.detach() / temperature**2}
+    return loss, {**parts, "num_items": num_items.detach()}
 
 
 def linear_kd_loss(
@@ -357,7 +399,7 @@ def linear_kd_loss(
     labels: torch.Tensor,
     temperature: float = 1.0,
     mode: str = "chunked",
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     num_samples: int | None = None,
     generator: torch.Generator | None = None,
     **kwargs,

@@ -6,7 +6,9 @@ tau, hard labels y, p^tau = softmax(z / tau).
 * ensemble target, ``average="probs"`` (the paper, checkpoint KD: Wang et al. 2022, arXiv:2210.06458):
   P^tau = sum_i w_i p_i^tau
 * ensemble target, ``average="logits"`` (the official CheckpointKD code): P^tau = softmax(sum_i w_i z_i / tau)
-* loss (Hinton et al. 2015, arXiv:1503.02531): L = alpha * CE(y, p_S) + (1 - alpha) * tau^2 * KL(P^tau || p_S^tau)
+* loss (Hinton et al. 2015, arXiv:1503.02531): L = alpha * CE(y, p_S) + (1 - alpha) * tau^2 * D_beta(P^tau, p_S^tau),
+  D_0 = KL(P^tau || p_S^tau) the default; D_1 the reverse KL; in between the generalized Jensen-Shannon
+  divergence (:mod:`hf_ckd.losses.divergence`, TRL's ``beta``)
 
 Both terms are averaged over the kept positions: every row for classification, every token whose
 (shifted) label is not ``ignore_index`` for token-level KD. The formulas, exactly as implemented, are in
@@ -21,7 +23,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .._options import AVERAGE_MODES, check_alpha, check_choice, check_temperature, normalize_weights
+from .._options import (
+    AVERAGE_MODES,
+    check_alpha,
+    check_beta,
+    check_choice,
+    check_temperature,
+    normalize_weights,
+)
+from .divergence import divergence_rows
 
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:
@@ -83,8 +93,9 @@ def ensemble_kd_loss(
     shift_labels: bool = False,
     num_items_in_batch: int | torch.Tensor | None = None,
     log_target: torch.Tensor | None = None,
+    beta: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Snapshot-ensemble KD loss ``alpha * CE + (1 - alpha) * tau^2 * KL(P_ens^tau || p_S^tau)``.
+    """Snapshot-ensemble KD loss ``alpha * CE + (1 - alpha) * tau^2 * D_beta(P_ens^tau, p_S^tau)``.
 
     Args:
         student_logits: ``[B, V]`` (classification) or ``[B, T, V]`` (token level).
@@ -101,14 +112,18 @@ def ensemble_kd_loss(
             positions in this batch (exact gradient accumulation / multi-process token averaging).
         log_target: a precomputed target log P^tau shaped like ``student_logits`` (e.g. from a soft-target
             cache), used instead of ``teacher_logits``; ``-inf`` entries are ids without mass.
+        beta: the divergence (:func:`hf_ckd.losses.divergence.divergence_rows`): 0 forward KL (default),
+            1 reverse KL, in between the generalized Jensen-Shannon divergence with mixture weight ``beta``,
+            taken against the ensemble target (as ``average`` defines it).
 
     Returns:
-        ``(loss, parts)`` with ``parts = {"ce": ..., "kd": ..., "num_items": ...}``; ``ce``/``kd`` use the
-        same reduction as ``loss`` (``kd`` already includes tau^2) and are detached; ``num_items`` is the
-        number of kept positions in this batch.
+        ``(loss, parts)`` with ``parts = {"ce", "kd", "divergence", "num_items"}``; ``ce``/``kd`` use the
+        same reduction as ``loss`` (``kd`` already includes tau^2; ``divergence`` is the same term without
+        it, TRL's number) and are detached; ``num_items`` is the number of kept positions in this batch.
     """
     check_temperature(temperature)
     check_alpha(alpha)
+    check_beta(beta)
     num_classes = student_logits.shape[-1]
     for i, t in enumerate(teacher_logits):
         if t.shape != student_logits.shape:
@@ -151,25 +166,22 @@ def ensemble_kd_loss(
 
     zero = student.new_zeros(())
     ce_sum = F.cross_entropy(student, flat_labels[mask], reduction="sum") if flat_labels is not None else zero
-    if log_target is not None:
-        target = _upcast(log_target.reshape(-1, num_classes)[mask]).detach()
+    if log_target is not None or len(teacher_logits) > 0:
+        if log_target is not None:  # ids without target mass (-inf) add nothing to KL(P || .)
+            target = _upcast(log_target.reshape(-1, num_classes)[mask]).detach()
+        else:
+            teachers = [t.reshape(-1, num_classes)[mask] for t in teacher_logits]
+            target = ensemble_log_probs(teachers, temperature, weights, average).detach()
         log_student = F.log_softmax(student / temperature, dim=-1)
-        # Ids without target mass (-inf) contribute 0 * (-inf - log p_S) = 0.
-        kl = torch.where(torch.isfinite(target), target.exp() * (target - log_student), 0.0).sum(dim=-1)
-        kd_sum = temperature**2 * kl.sum()
-    elif len(teacher_logits) > 0:
-        teachers = [t.reshape(-1, num_classes)[mask] for t in teacher_logits]
-        log_target = ensemble_log_probs(teachers, temperature, weights, average).detach()
-        log_student = F.log_softmax(student / temperature, dim=-1)
-        kl = F.kl_div(log_student, log_target, reduction="none", log_target=True).sum(dim=-1)
-        kd_sum = temperature**2 * kl.sum()
+        kd_sum = temperature**2 * divergence_rows(target, log_student, beta).sum()
     else:
         kd_sum = zero
 
     ce = ce_sum / denom
     kd = kd_sum / denom
     loss = (alpha * ce if alpha > 0 else zero) + ((1 - alpha) * kd if alpha < 1 else zero)
-    return loss, {"ce": ce.detach(), "kd": kd.detach(), "num_items": num_items.detach()}
+    parts = {"ce": ce.detach(), "kd": kd.detach(), "divergence": kd.detach() / temperature**2}
+    return loss, {**parts, "num_items": num_items.detach()}
 
 
 def kd_loss(
