@@ -340,7 +340,9 @@ def test_parse_hub_spec():
     assert parse_hub_spec("runs/teacher") is None
 
 
-def test_a_plain_hub_id_is_a_teacher_the_trl_way(subfolder_cache, branch_cache, text_teacher, tmp_path, caplog):
+def test_a_plain_hub_id_is_a_teacher_the_trl_way(
+    subfolder_cache, branch_cache, text_teacher, tmp_path, caplog
+):
     """teacher='ORG/NAME' without the hub: prefix: the repo's layout is detected and named in a warning; a
     single-model repo is a one-checkpoint trajectory; a name that is neither a path nor a repo is refused with
     both facts."""
@@ -348,7 +350,12 @@ def test_a_plain_hub_id_is_a_teacher_the_trl_way(subfolder_cache, branch_cache, 
 
     with caplog.at_level(logging.WARNING, logger="hf_ckd.trajectory"):
         traj = load_trajectory(REPO, cache_dir=subfolder_cache)
-    assert [c.subfolder for c in traj] == ["checkpoint-30", "checkpoint-60", "checkpoint-90", "checkpoint-120"]
+    assert [c.subfolder for c in traj] == [
+        "checkpoint-30",
+        "checkpoint-60",
+        "checkpoint-90",
+        "checkpoint-120",
+    ]
     assert "read as the Hub model repo 'org/teacher': 4 checkpoint subfolders" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hf_ckd.trajectory"):
