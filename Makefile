@@ -1,4 +1,4 @@
-# The two commands: `make test` and `make demo`. Both install what they need.
+# The commands: `make test`, `make demo` and `make demo-text`. Each installs what it needs.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -27,6 +27,13 @@ DEMO_ARGS ?=
 .PHONY: demo
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) experiments/demo_digits.py --output_dir runs/demo $(DEMO_ARGS)
+
+# The standard-library text experiment (docs/text_experiment.md): offline, on CPU, about 45 minutes on 2 cores;
+# results in runs/demo_text. Over an earlier run's results: make demo-text DEMO_TEXT_ARGS=--overwrite_output_dir
+DEMO_TEXT_ARGS ?=
+.PHONY: demo-text
+demo-text: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) experiments/text_stdlib.py --output_dir runs/demo_text $(DEMO_TEXT_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -237,16 +237,25 @@ def paired_comparison(
     }
 
 
-def verdict(arm: str, comparison: dict, reference: str, groups_name: str = "teacher seeds") -> str:
+def verdict(
+    arm: str,
+    comparison: dict,
+    reference: str,
+    groups_name: str = "teacher seeds",
+    *,
+    lower_is_better: bool = False,
+) -> str:
     """The "real or noise" reading of a :func:`paired_comparison`: noise unless Δ lies beyond 2 SE *and* has
-    the same sign in every group (the SE treats all runs as independent; the groups show whether they are)."""
+    the same sign in every group (the SE treats all runs as independent; the groups show whether they are).
+    ``lower_is_better`` reads a negative Δ as better (a loss rather than an accuracy)."""
     if arm == reference:
         return "reference"
     if comparison["within_2se"]:
         return "noise (within 2 SE)"
     if comparison["sign_changes"]:
         return f"noise (sign changes across {groups_name})"
-    side = "better" if comparison["delta_mean"] > 0 else "worse"
+    delta = comparison["delta_mean"]
+    side = "better" if (delta < 0 if lower_is_better else delta > 0) else "worse"
     return f"{side} than {reference} (> 2 SE)"
 
 
