@@ -163,8 +163,15 @@ class DemoArguments:
     mi_selection: bool = field(
         default=True,
         metadata={
-            "help": "Add a T* arm: the checkpoint hf_ckd.selection picks per teacher (kde on penultimate features, "
-            "probe = the training split), written to <teacher>/selection.json."
+            "help": "Add a T* arm: the checkpoint hf_ckd.selection picks per teacher (mi_estimator on penultimate "
+            "features, probe = the training split), written to <teacher>/selection.json."
+        },
+    )
+    mi_estimator: str = field(
+        default="probe",
+        metadata={
+            "help": "The T* arm's MI estimator (a name in hf_ckd.mi.ESTIMATORS). probe: the estimator with the least "
+            "regret against the oracle on this task (benchmarks/selection_oracle.py; docs/selection.md)."
         },
     )
     ensemble_average: str = field(
@@ -215,6 +222,11 @@ class DemoArguments:
             )
         if not 0.0 <= self.alpha < 1.0:
             raise ValueError(f"alpha must lie in [0, 1) for the distilled arms, got {self.alpha}.")
+        if self.mi_selection:
+            from hf_ckd.mi import ESTIMATORS
+
+            if self.mi_estimator not in ESTIMATORS:
+                raise ValueError(f"mi_estimator {self.mi_estimator!r} is not one of {sorted(ESTIMATORS)}.")
         self.fractions = float_list(self.single_checkpoints, "single_checkpoints", "fractions")
         if any(not 0.0 <= f < 1.0 for f in self.fractions):
             raise ValueError(
@@ -609,9 +621,11 @@ def markdown(
         "",
         *(
             [
-                "T* (MI): the checkpoint hf_ckd.selection picked for each teacher seed (kde, penultimate "
-                "features, probe = training split): "
+                f"T* (MI): the checkpoint hf_ckd.selection picked for each teacher seed ({args.mi_estimator}, "
+                "penultimate features, probe = training split): "
                 + " / ".join(", ".join(t["arm_checkpoints"].get("T* (MI)", [])) for t in teachers)
+                + "; its verdicts: "
+                + " / ".join(t.get("selection_verdict") or "—" for t in teachers)
                 + ". Scores in teachers/seed-k/selection.json.",
                 "",
             ]
@@ -685,26 +699,34 @@ def run_task(task: dict) -> dict:
     return {**task, "accuracy": accuracy}
 
 
-def select_teacher(teacher_dir: str, train, arms: list[dict]) -> list[dict]:
-    """Score the trajectory with hf_ckd.selection (probe = the training split), write selection.json, and
-    return the arms with the T* arm's spec set to the selected checkpoint."""
+def select_teacher(
+    teacher_dir: str, train, arms: list[dict], estimator: str = "probe"
+) -> tuple[list[dict], str | None]:
+    """Score the trajectory with hf_ckd.selection (``estimator``, probe = the training split), write
+    selection.json, and return the arms with the T* arm's spec set to the selected checkpoint, and the
+    selection's verdict (None without a T* arm)."""
     from hf_ckd import Trajectory
+    from hf_ckd.mi import estimator_accepts
     from hf_ckd.selection import score_trajectory, select, write_selection
 
     if not any(arm["spec"] == MI_SPEC for arm in arms):
-        return arms
+        return arms, None
     DigitsCNN, _ = model_classes()
     trajectory = Trajectory.from_local(teacher_dir)
     batches = [train[i : i + 256] for i in range(0, len(train), 256)]
+    params = {"seed": 0} if estimator_accepts(estimator, "seed") else {}
     rows = score_trajectory(
-        trajectory, batches, model_init=DigitsCNN, device="cpu", estimator_params={"seed": 0}, progress=False
-    )
+        trajectory, batches, estimator=estimator, model_init=DigitsCNN, device="cpu", estimator_params=params,
+        progress=False,
+    )  # fmt: skip
     selected = select(rows)
     probe = {"dataset": "sklearn digits, training split", "samples": len(train)}
-    write_selection(
-        os.path.join(teacher_dir, "selection.json"), trajectory, rows, selected, "kde", "penultimate", probe
-    )
-    return [dict(arm, spec=selected[0]) if arm["spec"] == MI_SPEC else arm for arm in arms]
+    content = write_selection(
+        os.path.join(teacher_dir, "selection.json"), trajectory, rows, selected, estimator, "penultimate", probe,
+        estimator_params=params,
+    )  # fmt: skip
+    arms = [dict(arm, spec=selected[0]) if arm["spec"] == MI_SPEC else arm for arm in arms]
+    return arms, content["verdict"]["verdict"]
 
 
 def describe_teacher(
@@ -825,8 +847,9 @@ def main(argv: list[str] | None = None) -> dict:
                 bar.update()
                 return []
             k, teacher_dir = task["teacher_seed"], task["teacher_dir"]
-            teacher_arms = select_teacher(teacher_dir, train, arms)
+            teacher_arms, selection_verdict = select_teacher(teacher_dir, train, arms, args.mi_estimator)
             teachers[k] = describe_teacher(args, k, teacher_dir, teacher_arms, test, metric)
+            teachers[k]["selection_verdict"] = selection_verdict
             final = teachers[k]["checkpoints"][-1]
             tqdm.write(
                 f"teacher {k}: {len(teachers[k]['checkpoints'])} checkpoints, test accuracy "

@@ -57,6 +57,29 @@ def test_import_time_quick(tmp_path):
     assert result["loaded"]["import hf_ckd.losses"] == "trainer=0 timm=0"
 
 
+def test_selection_oracle_quick(tmp_path):
+    out = tmp_path / "selection_oracle.json"
+    figures = tmp_path / "figures"
+    load("selection_oracle").main(["--quick", "--json", str(out), "--figure_dir", str(figures)])
+    result = json.loads(out.read_text())
+    assert set(result["tasks"]) == {"digits", "parity"}
+    for name, task in result["tasks"].items():
+        assert (figures / f"selection_oracle_{name}.png").is_file()
+        names = [c["name"] for c in task["teachers"][0]["checkpoints"]]
+        assert len(names) == 3
+        # every checkpoint taught the same paired seeds
+        assert all(len(task["quality"][f"0/{n}"]) == task["student_seeds"] == 2 for n in names)
+        table = task["table"]
+        assert {"last checkpoint", "checkpoint at 0.5", "best teacher accuracy"} <= set(table)
+        assert any(s.startswith("kde swept") for s in table) and "infopro: reconstruction + probe" in table
+        for selector, row in table.items():
+            assert row["picks"][0] in names, selector
+            assert row["regret"] >= -1e-12  # the oracle has the best mean: no pick beats it on average
+            assert row["spearman"] is None or -1.0 <= row["spearman"] <= 1.0
+        oracle = task["oracle"][0]["best"]
+        assert all(row["regret"] == 0 for row in table.values() if row["picks"] == [oracle])
+
+
 def test_chunk_size_quick(tmp_path):
     out = tmp_path / "chunk_size.json"
     load("chunk_size").main(["--quick", "--json", str(out)])

@@ -90,6 +90,10 @@ def test_quick_demo_writes_results(quick_run, experiment):
             selection = json.load(f)
         assert teacher["arm_checkpoints"]["T* (MI)"] == selection["selected"]
         assert len(selection["checkpoints"]) == len(teacher["checkpoints"])
+        # with the estimator the oracle supports (docs/selection.md), and its verdict reported
+        assert selection["estimator"] == results["config"]["mi_estimator"] == "probe"
+        assert teacher["selection_verdict"] == selection["verdict"]["verdict"]
+        assert teacher["selection_verdict"] in table.split("its verdicts: ")[1].split(".")[0]
     full = next(r for r in results["arms"] if r["arm"] == "T^full")
     assert full["delta_vs_full_mean"] == 0.0 and full["within_2se"]
     assert "Teacher trajectory" in table and "Wall time" in table

@@ -1,4 +1,4 @@
-"""MI estimators (hf_ckd/mi.py) against closed-form and numerically integrated values; docs/mi_estimators.md
+"""MI estimators (hf_ckd/mi.py, hf_ckd/mi_learned.py) against closed-form and numerically integrated values; docs/mi_estimators.md
 quotes the errors these tests measure."""
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from hf_ckd.mi import ESTIMATORS, MIN_SAMPLES, MIEstimate, estimate_mi, label_entropy, register_estimator
+from hf_ckd.mi import (
+    ESTIMATORS,
+    MIN_SAMPLES,
+    MIEstimate,
+    estimate_mi,
+    estimator_accepts,
+    label_entropy,
+    register_estimator,
+)
 
 KDE_FAMILY = ("kde", "kde_upper", "kde_lower")
 
@@ -86,8 +94,8 @@ def test_closed_form_gaussian_kde(gaussian_estimates):
 def test_closed_form_gaussian_bounds(gaussian_estimates):
     lower, upper = gaussian_estimates["kde_lower"].i_xf, gaussian_estimates["kde_upper"].i_xf
     assert lower < TRUE_IXT < upper
-    assert lower == pytest.approx(1.84, abs=0.1)  # DESIGN §5: ≈ 1.85
-    assert upper == pytest.approx(3.6, abs=0.15)  # DESIGN §5: ≈ 3.6
+    assert lower == pytest.approx(1.84, abs=0.1)  # measured 1.8439
+    assert upper == pytest.approx(3.6, abs=0.15)  # measured 3.5924
 
 
 # ---- class-conditional Gaussians: I(T;Y) -----------------------------------------------------------
@@ -132,7 +140,7 @@ def test_kde_terms_never_exceed_their_ceilings():
 
 
 def test_small_noise_saturates_even_on_label_free_features():
-    """The failure mode of DESIGN §5: with sigma far below the distances every point is its own cluster and both
+    """Failure mode 1 (docs/mi_estimators.md): with sigma far below the distances every point is its own cluster and both
     terms sit at their ceilings, although these features are independent of the labels."""
     g = torch.Generator().manual_seed(1)
     features = torch.randn(500, 64, generator=g, dtype=torch.float64)
@@ -297,6 +305,15 @@ def test_variational_equals_entropy_minus_cross_entropy():
 
 def test_registry():
     assert set(ESTIMATORS) >= {"kde", "kde_upper", "kde_lower", "binning", "variational"}
+    assert set(ESTIMATORS) >= {
+        "probe",
+        "reconstruction",
+        "infopro",
+    }  # hf_ckd.mi_learned, registered by hf_ckd.mi
+    assert estimator_accepts("infopro", "inputs") and not estimator_accepts("kde", "inputs")
+    assert estimator_accepts("kde_lower", "noise_std_relative") and not estimator_accepts(
+        "probe", "noise_std_relative"
+    )
     with pytest.raises(ValueError, match="already registered"):
         register_estimator("kde")(lambda features, labels: None)
 
@@ -363,3 +380,147 @@ INF_X[5, 0] = float("inf")
 def test_bad_input_raises(features, labels, estimator, params, message):
     with pytest.raises(ValueError, match=message):
         estimate_mi(features, labels, estimator, **params)
+
+
+# ---- learned estimators: probe, reconstruction, infopro (hf_ckd/mi_learned.py) ---------------------
+
+
+@pytest.mark.parametrize("noise_variance", [0.25, 1.0, 4.0])
+def test_reconstruction_gaussian_channel_closed_form(noise_variance):
+    """X ~ N(0, I_4), F = X + N(0, s² I): I(X;F) = ½ d log(1 + 1/s²), and the best linear decoder attains
+    the bound (error covariance s² / (1 + s²) I), so the proxy is exact up to sampling error here."""
+    d, n = 4, 2000
+    x = gaussian(n, [1.0] * d, seed=21)
+    f = x + math.sqrt(noise_variance) * gaussian(n, [1.0] * d, seed=22)
+    estimate = estimate_mi(f, torch.arange(n) % 2, "reconstruction", inputs=x)
+    truth = 0.5 * d * math.log(1 + 1 / noise_variance)  # 3.219, 1.386, 0.446
+    # measured: +1.1 %, +1.0 %, -0.7 %
+    assert abs(estimate.i_xf - truth) / truth < 0.04
+    assert math.isnan(estimate.i_yf)
+    assert estimate.ceiling_x == pytest.approx(0.5 * d * math.log(1 + 1e4))  # 4 directions at SNR 10^4
+    assert estimate.params["components"] == d and estimate.params["explained_variance"] == pytest.approx(1.0)
+    assert estimate.params["capped_directions"] == 0
+
+
+def test_reconstruction_orders_features_by_what_they_keep():
+    """F keeps the first m of 8 coordinates of X (plus noise of std 0.3) and pads with pure noise to 8
+    dimensions: each kept coordinate is a Gaussian channel of ½ log(1 + 1/0.09) = 1.247 nats, the proxy
+    rises strictly with m, and features independent of X score 0 (held out, there is nothing to fit)."""
+    n, d = 1500, 8
+    x = gaussian(n, [1.0] * d, seed=31)
+    noise = gaussian(n, [1.0] * d, seed=32)
+    labels = torch.arange(n) % 2
+    values = []
+    for m in [0, 2, 4, 8]:
+        f = torch.cat([x[:, :m] + 0.3 * noise[:, :m], noise[:, m:]], dim=1)
+        values.append(estimate_mi(f, labels, "reconstruction", inputs=x).i_xf)
+    assert values == sorted(values) and len(set(values)) == 4
+    assert values[0] < 0.05  # measured 0.0 (clipped)
+    per_coordinate = 0.5 * math.log(1 + 1 / 0.09)
+    for m, value in zip([2, 4, 8], values[1:]):
+        assert value == pytest.approx(m * per_coordinate, rel=0.05)  # measured -1.4 %, +0.7 %, +0.1 %
+
+
+def test_reconstruction_is_cross_fitted():
+    """200 random feature dimensions for 300 examples let a decoder fit any X in sample; held out they
+    reconstruct nothing."""
+    x = gaussian(300, [1.0] * 4, seed=41)
+    f = gaussian(300, [1.0] * 200, seed=42)
+    estimate = estimate_mi(f, torch.arange(300) % 3, "reconstruction", inputs=x, ridge=1e-3)
+    assert estimate.i_xf < 0.05  # measured 0.0 (clipped)
+    assert estimate.params["relative_mse"] > 1.0  # worse than predicting the mean (measured 6.1)
+
+
+def test_reconstruction_caps_exact_recovery_at_its_ceiling():
+    """A deterministic F = X recovers every direction exactly: without the cap the proxy would be infinite
+    (log 0); with it every direction is credited ½ log(1 + max_snr) and the estimate sits at its ceiling."""
+    x = gaussian(500, [1.0, 2.0, 0.5], seed=51)
+    labels = torch.arange(500) % 2
+    exact = estimate_mi(x.clone(), labels, "reconstruction", inputs=x)
+    assert exact.params["capped_directions"] == 3
+    assert exact.i_xf == pytest.approx(exact.ceiling_x) and exact.saturation()[0] == pytest.approx(1.0)
+    lower = estimate_mi(x.clone(), labels, "reconstruction", inputs=x, max_snr=100.0)
+    assert lower.ceiling_x == pytest.approx(1.5 * math.log(101)) and lower.i_xf == pytest.approx(
+        lower.ceiling_x
+    )
+    noisy = estimate_mi(x + gaussian(500, [1.0] * 3, seed=52), labels, "reconstruction", inputs=x)
+    assert noisy.params["capped_directions"] == 0 and noisy.saturation()[0] < 0.15
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, 2.0, 4.0])
+def test_probe_matches_two_class_integration(delta):
+    """Balanced classes, F | Y ~ N(±Δ/2, 1): a logistic probe is the Bayes classifier's form, so H(Y) - CE
+    reaches I(Y;F) (numerical integration) up to sampling error."""
+    x, y = two_class_1d(4000, delta, seed=7)
+    estimate = estimate_mi(x, y, "probe")
+    truth = two_class_ity(delta, 1.0)  # 0, 0.111, 0.337, 0.633
+    assert abs(estimate.i_yf - truth) < 0.02  # measured: at most 0.004 nats
+    assert estimate.i_yf <= estimate.ceiling_y
+    assert math.isnan(estimate.i_xf)
+    assert estimate.params["folds"] == 5 and estimate.params["cross_entropy_se"] > 0
+
+
+def test_probe_four_classes_matches_two_independent_bits():
+    x, y = four_class_2d(4000, 2.0, seed=3)
+    estimate = estimate_mi(x, y, "probe")
+    truth = 2 * two_class_ity(2.0, 1.0)  # Y is two independent bits, each seen by one coordinate
+    assert abs(estimate.i_yf - truth) < 0.03
+    assert 0.7 < estimate.params["probe_accuracy"] < 0.8  # Φ(1)² = 0.708 for the Bayes classifier
+
+
+def test_probe_cannot_memorise():
+    """Label-free features with more dimensions than a fold has examples: in sample a classifier would be
+    perfect (I = H(Y)); held out its cross-entropy exceeds H(Y) and the bound is clipped at 0."""
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(300, 200, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 2, (300,), generator=g)
+    estimate = estimate_mi(features, labels, "probe")
+    assert estimate.i_yf == 0.0
+    assert estimate.params["cross_entropy"] > label_entropy(labels)  # measured 2.37 against 0.69
+
+
+def test_infopro_is_reconstruction_plus_probe():
+    x, y = four_class_2d(600, 2.0, seed=5)
+    inputs = torch.cat([x, gaussian(600, [1.0], seed=6)], dim=1)
+    both = estimate_mi(x, y, "infopro", inputs=inputs, folds=4, seed=2)
+    assert both.i_xf == estimate_mi(x, y, "reconstruction", inputs=inputs, folds=4, seed=2).i_xf
+    assert both.i_yf == estimate_mi(x, y, "probe", folds=4, seed=2).i_yf
+    assert set(both.params) == {"reconstruction", "probe"}
+    assert both.ceiling_x == estimate_mi(x, y, "reconstruction", inputs=inputs).ceiling_x
+
+
+@pytest.mark.parametrize(
+    ("estimator", "params", "message"),
+    [
+        ("reconstruction", {}, "needs the probe examples"),
+        ("reconstruction", {"inputs": torch.zeros(40, 3, dtype=torch.long)}, "continuous inputs"),
+        ("reconstruction", {"inputs": torch.zeros(39, 3)}, "one row per example"),
+        ("reconstruction", {"inputs": torch.ones(40, 3)}, "constant"),
+        ("reconstruction", {"inputs": X40, "components": 0}, "components must be a positive integer"),
+        ("reconstruction", {"inputs": X40, "ridge": -1.0}, "ridge must be a positive"),
+        ("reconstruction", {"inputs": X40, "max_snr": 0.0}, "max_snr must be a positive"),
+        ("infopro", {}, "needs the probe examples"),
+        ("probe", {"folds": 1}, "folds must be at least 2"),
+        ("probe", {"regularization": 0.0}, "regularization must be a positive"),
+        ("probe", {"inputs": X40}, r"unknown parameter\(s\) \['inputs'\]"),
+    ],
+)
+def test_learned_estimators_bad_input(estimator, params, message):
+    with pytest.raises(ValueError, match=message):
+        estimate_mi(X40, Y40, estimator, **params)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_learned_estimators_take_cuda_tensors():
+    x, y = four_class_2d(400, 2.0, seed=9)
+    inputs = torch.cat([x, gaussian(400, [1.0], seed=10)], dim=1)
+    cpu = estimate_mi(x, y, "infopro", inputs=inputs)
+    gpu = estimate_mi(x.cuda(), y.cuda(), "infopro", inputs=inputs.cuda())  # fitted on the CPU: the same
+    assert (gpu.i_xf, gpu.i_yf) == pytest.approx((cpu.i_xf, cpu.i_yf), abs=1e-9)
+
+
+def test_probe_needs_two_examples_per_class():
+    labels = Y40.clone()
+    labels[0] = 7  # a class seen once cannot be both trained on and held out
+    with pytest.raises(ValueError, match="class 7 has 1"):
+        estimate_mi(X40, labels, "probe")

@@ -12,6 +12,8 @@ import datasets
 import numpy as np
 import pytest
 
+from hf_ckd.selection import SelectionError
+
 # The launchers kept in recipes/ (python recipes/distill_cifar100.py ...).
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
 
@@ -195,6 +197,40 @@ def test_select_teachers_then_distill_from_the_selection(cifar_teacher, cifar_di
         lineage = json.load(f)["stateful_callbacks"]["TeacherLineageCallback"]["args"]["lineage"]
     assert [c["name"] for c in lineage["checkpoints"]] == content["selected"]
     assert lineage["teacher_selection"] == str(selection)
+
+
+def test_select_teachers_sigma_sweep_and_verdict(cifar_teacher, cifar_dir, tmp_path, capsys):
+    selection = tmp_path / "selection.json"
+    content = load_recipe("select_teachers").main(
+        ["--trajectory", cifar_teacher, "--dataset_path", cifar_dir, "--probe_split", "test",
+         "--probe_samples", "32", "--output", str(selection), "--batch_size", "16", "--sigma_sweep", "0.5,1,2"]
+    )  # fmt: skip
+    on_disk = json.loads(selection.read_text())
+    assert on_disk["sigma_sweep"]["grid"] == [0.5, 1.0, 2.0] and len(on_disk["sigma_sweep"]["picks"]) == 3
+    assert on_disk["estimator_params"] == {"seed": 0}
+    assert all(len(row["sweep_scores"]) == 3 for row in on_disk["checkpoints"])
+    judged = on_disk["verdict"]
+    assert judged == content["verdict"] and judged["verdict"] in {
+        "clear pick",
+        "weak preference",
+        "cannot rank",
+    }
+    assert f"Verdict: {judged['verdict']}: {judged['reason']}" in capsys.readouterr().out
+    if not on_disk["sigma_sweep"]["pick_stable"]:
+        assert any("changes with the kde noise sigma" in w for w in on_disk["warnings"])
+    # the learned estimators through the recipe (images: reconstruction reads the pixels)
+    content = load_recipe("select_teachers").main(
+        ["--trajectory", cifar_teacher, "--dataset_path", cifar_dir, "--probe_split", "test", "--estimator",
+         "infopro", "--folds", "2", "--probe_samples", "32", "--output", str(tmp_path / "i.json"),
+         "--batch_size", "16"]
+    )  # fmt: skip
+    assert content["estimator"] == "infopro" and content["estimator_params"] == {"folds": 2, "seed": 0}
+    assert all(0 <= row["i_xf"] <= row["ceiling_x"] for row in content["checkpoints"])
+    with pytest.raises(SelectionError, match="sigma sweep applies to the kde estimators"):
+        load_recipe("select_teachers").main(
+            ["--trajectory", cifar_teacher, "--dataset_path", cifar_dir, "--probe_split", "test", "--estimator",
+             "probe", "--sigma_sweep", "1", "--probe_samples", "32", "--output", str(tmp_path / "p.json")]
+        )  # fmt: skip
 
 
 def test_distill_cifar100_with_a_soft_target_cache(cifar_teacher, cifar_dir, tmp_path, monkeypatch):

@@ -1,6 +1,8 @@
-"""Checkpoint scoring, representations, selection.json, and --teacher_selection in the trainer."""
+"""Checkpoint scoring, representations, selection.json, the sigma sweep and the verdict, and --teacher_selection
+in the trainer."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,10 +12,16 @@ from hf_ckd import CheckpointDistillConfig, CheckpointDistillTrainer, Trajectory
 from hf_ckd.selection import (
     SelectionError,
     extract_representation,
+    normalise_scores,
+    plot_selection,
+    probe_inputs,
     read_selection,
     score_trajectory,
     select,
+    selection_warnings,
+    sweep_stability,
     teacher_spec,
+    verdict,
     write_selection,
 )
 
@@ -131,3 +139,148 @@ def test_trainer_uses_the_selection(text_teacher, text_data, tmp_path):
     )
     assert [c.name for c in trainer.teachers.checkpoints] == ["checkpoint-90"]
     assert trainer.lineage["teacher_selection"] == str(path)
+
+
+# ---- how sure a pick is: sigma sweep, Kendall's tau, verdict (hf_ckd/stability.py) ---------------------
+
+
+def test_kendall_tau_matches_scipy():
+    from scipy import stats
+
+    from hf_ckd.selection import kendall_tau
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a = torch.randint(0, 5, (12,), generator=g).tolist()  # ties on both sides
+        b = torch.randint(0, 5, (12,), generator=g).tolist()
+        assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, abs=1e-12)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert kendall_tau([1, 1, 1], [1, 2, 3]) != kendall_tau([1, 1, 1], [1, 2, 3])  # NaN: a constant list
+
+
+def swept_rows(sweep_terms):
+    """Rows as score_trajectory builds them: ``sweep_terms[c][s] = (i_xf, i_yf)`` of checkpoint c at the s-th
+    sigma of 0.25, 0.5, 1; the main estimate is the one at 0.5."""
+    grid = [0.25, 0.5, 1.0][: len(sweep_terms[0])]
+    rows = []
+    for c, terms in enumerate(sweep_terms):
+        i_xf, i_yf = terms[1]
+        sweep = [{"noise_std_relative": r, "i_xf": x, "i_yf": y} for r, (x, y) in zip(grid, terms)]
+        rows.append(
+            {"name": f"checkpoint-{10 * (c + 1)}", "step": 10 * (c + 1), "i_xf": i_xf, "i_yf": i_yf,
+             "saturation_x": 0.3, "saturation_y": 0.4, "sigma_sweep": sweep}
+        )  # fmt: skip
+    return normalise_scores(rows)
+
+
+def test_sweep_normalises_each_sigma_and_detects_a_moving_pick():
+    # checkpoint 2 is best at small sigma, checkpoint 1 at large sigma; the orderings are reversed
+    rows = swept_rows([[(1.0, 0.2), (1.0, 0.5), (1.0, 1.0)], [(1.0, 1.0), (1.0, 0.9), (1.0, 0.2)]])
+    assert rows[0]["sweep_scores"] == pytest.approx([1.2, 1.0 + 0.5 / 0.9, 2.0])
+    assert rows[1]["sweep_scores"] == pytest.approx([2.0, 2.0, 1.2])
+    assert rows[0]["sweep_score_mean"] == pytest.approx(sum(rows[0]["sweep_scores"]) / 3)
+    stability = sweep_stability(rows)
+    assert stability["grid"] == [0.25, 0.5, 1.0]
+    assert stability["picks"] == [["checkpoint-20"], ["checkpoint-20"], ["checkpoint-10"]]
+    assert stability["pick_stable"] is False and stability["min_kendall_tau"] == -1.0
+    assert stability["spread"]["checkpoint-20"] == pytest.approx(0.8)
+    warnings = selection_warnings(rows, stability)
+    assert len(warnings) == 1 and "changes with the kde noise sigma" in warnings[0]
+    judged = verdict(rows, select(rows), stability)
+    assert judged["verdict"] == "cannot rank" and "orderings disagree" in judged["reason"]
+    assert select(rows, key="sweep_score_mean") == ["checkpoint-20"]
+
+
+def rows_with_scores(scores, saturation_y=0.4):
+    return [
+        {"name": f"checkpoint-{i}", "step": i, "score": s, "saturation_x": 0.3, "saturation_y": saturation_y}
+        for i, s in enumerate(scores, start=1)
+    ]
+
+
+def test_verdict_from_margin_flatness_and_saturation():
+    clear = verdict(rows_with_scores([1.2, 1.9, 1.5]), ["checkpoint-2"])
+    assert clear["verdict"] == "clear pick" and clear["margin"] == pytest.approx(0.4 / 1.9)
+    weak = verdict(rows_with_scores([1.2, 1.9, 1.85]), ["checkpoint-2"])
+    assert weak["verdict"] == "weak preference" and "2.6%" in weak["reason"]
+    flat = verdict(rows_with_scores([1.99, 2.0, 1.985]), ["checkpoint-2"])
+    assert flat["verdict"] == "cannot rank" and "0.7% of the best" in flat["reason"]
+    saturated = verdict(rows_with_scores([1.2, 1.9, 1.5], saturation_y=0.99), ["checkpoint-2"])
+    assert saturated["verdict"] == "weak preference" and "saturated" in saturated["reason"]
+    both = [dict(r, saturation_x=0.995) for r in rows_with_scores([1.2, 1.9, 1.5], saturation_y=0.99)]
+    assert verdict(both, ["checkpoint-2"])["verdict"] == "cannot rank"
+    # k = 2: the margin is between the second pick and the third checkpoint
+    two = verdict(rows_with_scores([1.2, 1.9, 1.5]), ["checkpoint-2", "checkpoint-3"])
+    assert two["margin"] == pytest.approx(0.3 / 1.9) and two["verdict"] == "clear pick"
+    assert verdict(rows_with_scores([1.0]), ["checkpoint-1"])["verdict"] == "cannot rank"
+    # a moving pick: orderings that disagree (tau 1/3) cannot rank; orderings that agree (tau 2/3) are weak
+    rows = swept_rows([[(1.0, 0.2), (1.0, 0.3)], [(1.0, 1.0), (1.0, 0.9)], [(1.0, 0.5), (0.99, 1.0)]])
+    stability = sweep_stability(rows)
+    assert stability["picks"] == [["checkpoint-20"], ["checkpoint-30"]] and not stability["pick_stable"]
+    assert stability["min_kendall_tau"] == pytest.approx(1 / 3)
+    assert verdict(rows, select(rows), stability)["verdict"] == "cannot rank"
+    terms = [[(1.0, 0.1)] * 2, [(1.0, 0.3)] * 2, [(1.0, 1.0), (1.0, 0.95)], [(1.0, 0.95), (1.0, 1.0)]]
+    rows = swept_rows(terms)
+    stability = sweep_stability(rows)
+    assert stability["min_kendall_tau"] == pytest.approx(2 / 3) and not stability["pick_stable"]
+    moving = verdict(rows, select(rows), stability)
+    assert moving["verdict"] == "weak preference" and "changes with sigma" in moving["reason"]
+    # a stable sweep keeps a clear pick clear, and says so
+    rows = swept_rows([[(1.0, 0.2), (1.0, 0.3)], [(1.0, 1.0), (1.0, 1.0)], [(1.0, 0.5), (1.0, 0.4)]])
+    stable = verdict(rows, select(rows), sweep_stability(rows))
+    assert stable["verdict"] == "clear pick" and "the same pick at every sigma" in stable["reason"]
+
+
+def test_sigma_sweep_through_score_trajectory_and_selection_json(text_teacher, text_data, tmp_path):
+    traj = Trajectory.from_local(text_teacher)
+    rows = score_trajectory(
+        traj, text_batches(text_data[1]), estimator="kde", progress=False, sigma_sweep=[0.25, 1.0]
+    )
+    for row in rows:
+        assert [e["noise_std_relative"] for e in row["sigma_sweep"]] == [0.25, 1.0]
+        assert len(row["sweep_scores"]) == 2 and row["ceiling_x"] == pytest.approx(math.log(256))
+    # a larger sigma compresses both terms (docs/mi_estimators.md)
+    assert all(r["sigma_sweep"][0]["i_xf"] > r["sigma_sweep"][1]["i_xf"] for r in rows)
+    selected = select(rows)
+    content = write_selection(
+        str(tmp_path / "s.json"), traj, rows, selected, "kde", "penultimate", {}, estimator_params={"seed": 0}
+    )
+    on_disk = json.loads((tmp_path / "s.json").read_text())
+    assert on_disk["sigma_sweep"]["grid"] == [0.25, 1.0] and on_disk["estimator_params"] == {"seed": 0}
+    assert on_disk["verdict"]["verdict"] in {"clear pick", "weak preference", "cannot rank"}
+    assert on_disk["verdict"] == content["verdict"] and on_disk["schema_version"] == 2
+    assert len(on_disk["sigma_sweep"]["kendall_tau"]) == 2
+    with pytest.raises(SelectionError, match="sigma sweep applies to the kde estimators"):
+        score_trajectory(
+            traj, text_batches(text_data[1]), estimator="probe", progress=False, sigma_sweep=[1.0]
+        )
+    with pytest.raises(SelectionError, match="no floating-point input"):
+        score_trajectory(traj, text_batches(text_data[1]), estimator="reconstruction", progress=False)
+
+
+def test_infopro_scores_an_image_trajectory(timm_teacher, digits_data, tmp_path):
+    """The learned estimators through the selection API: reconstruction reads the probe images."""
+    traj = Trajectory.from_local(timm_teacher)
+    batches = [digits_data[1][i : i + 128] for i in range(0, 256, 128)]
+    assert probe_inputs(batches).shape == (256, 16 * 16)
+    rows = score_trajectory(traj, batches, estimator="infopro", progress=False, estimator_params={"folds": 3})
+    for row in rows:
+        assert row["i_xf"] > 0 and 0 <= row["i_yf"] <= row["ceiling_y"] + 1e-12
+        assert row["ceiling_x"] > row["i_xf"] and row["saturation_x"] == pytest.approx(
+            row["i_xf"] / row["ceiling_x"]
+        )
+        assert row["params"]["probe"]["folds"] == 3
+    # the probe's I(Y;F) follows what the checkpoints learnt: the last one knows more than the first
+    assert rows[-1]["i_yf"] > rows[0]["i_yf"]
+    selected = select(rows)
+    content = write_selection(str(tmp_path / "s.json"), traj, rows, selected, "infopro", "penultimate", {})
+    assert content["sigma_sweep"] is None and content["verdict"]["verdict"] in {
+        "clear pick",
+        "weak preference",
+        "cannot rank",
+    }
+    plot_selection(str(tmp_path / "s.png"), rows, selected, (0.0, 0.0), "infopro", content["verdict"])
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+    only_y = score_trajectory(traj, batches, estimator="probe", progress=False)
+    assert all(math.isnan(r["i_xf"]) and r["i_xf_norm"] == 0.0 for r in only_y)
+    plot_selection(str(tmp_path / "p.png"), only_y, select(only_y), (0.0, 0.0), "probe")  # "not measured"

@@ -5,8 +5,10 @@ For each checkpoint, the representation F of a probe set (penultimate features b
 I(X;F) and I(Y;F); each term is divided by its maximum over the checkpoints and T* maximises the sum
 (Algorithm 1 of Wang et al. 2022, *Efficient Knowledge Distillation from Model Checkpoints*,
 arXiv:2210.06458). Writes ``selection.json`` (consumed by ``--teacher_selection`` of the distill recipes)
-and ``selection.png``, and prints the table. See docs/selection.md for how to read them: on trained features
-a small noise makes every estimate sit at its ceiling, and then the argmax means nothing.
+and ``selection.png``, prints the table and a one-line verdict (clear pick / weak preference / cannot rank,
+from the score margin and, with ``--sigma_sweep``, whether the pick survives other kde noise levels). See
+docs/selection.md for how to read them: on trained features a small noise makes every estimate sit at its
+ceiling, and then the argmax means nothing.
 
 Usage:
 
@@ -14,6 +16,8 @@ Usage:
         --probe_samples 2000 --output runs/wrn40_2/selection.json
     accelerate launch -m hf_ckd.scripts.distill_cifar100 --teacher runs/wrn40_2 \\
         --teacher_selection runs/wrn40_2/selection.json ...
+    hf-ckd select_teachers --trajectory runs/wrn40_2 --sigma_sweep 0.25,0.5,1,2 ...   # kde at 4 more sigmas
+    hf-ckd select_teachers --trajectory runs/wrn40_2 --estimator infopro ...         # probe + reconstruction
 
     hf-ckd select_teachers config.yaml      # every argument from a YAML (or .json) file
 """
@@ -58,7 +62,9 @@ class SelectionArguments:
     estimator: str = field(
         default="kde",
         metadata={
-            "help": "MI estimator: kde, kde_upper, kde_lower, binning or variational (docs/selection.md)."
+            "help": "MI estimator: kde, kde_upper, kde_lower, binning, variational, probe (I(Y;F) of a cross-fitted "
+            "linear probe), reconstruction (I(X;F) proxy of a cross-fitted linear decoder; continuous inputs) or "
+            "infopro (both) (docs/mi_estimators.md)."
         },
     )
     representation: str = field(
@@ -78,7 +84,17 @@ class SelectionArguments:
             "help": "kde: noise std as a fraction of the features' scale (estimator default if unset)."
         },
     )
+    sigma_sweep: str = field(
+        default="",
+        metadata={
+            "help": "kde estimators: comma-separated relative noise sigmas to score at as well, e.g. 0.25,0.5,1,2; "
+            "selection.json then records the picks and Kendall's tau across them, and warns if the pick moves."
+        },
+    )
     bins: int | None = field(default=None, metadata={"help": "binning: bins per unit."})
+    folds: int | None = field(
+        default=None, metadata={"help": "probe, reconstruction, infopro: cross-fitting folds (default 5)."}
+    )
     top_k: int = field(
         default=1, metadata={"help": "How many checkpoints to select (k > 1: a snapshot ensemble)."}
     )
@@ -175,7 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from hf_ckd.mi import ESTIMATORS, estimator_accepts
     from hf_ckd.selection import (
+        SelectionError,
         label_ceilings,
         plot_selection,
         score_trajectory,
@@ -194,11 +212,18 @@ def main(argv: list[str] | None = None) -> dict:
             "noise_std": selection_args.noise_std,
             "noise_std_relative": selection_args.noise_std_relative,
             "bins": selection_args.bins,
+            "folds": selection_args.folds,
         }.items()
         if v is not None
     }
-    if selection_args.estimator.startswith("kde"):
+    if selection_args.estimator in ESTIMATORS and estimator_accepts(selection_args.estimator, "seed"):
         params.setdefault("seed", selection_args.seed)
+    try:
+        sweep = [float(v) for v in selection_args.sigma_sweep.split(",") if v.strip()]
+    except ValueError:
+        raise SelectionError(
+            f"--sigma_sweep {selection_args.sigma_sweep!r} is not a comma-separated list of numbers."
+        ) from None
     rows = score_trajectory(
         trajectory,
         batches,
@@ -207,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         temperature=selection_args.temperature,
         estimator_params=params,
         checkpoints=candidates,
+        sigma_sweep=sweep or None,
     )
     selected = select(rows, selection_args.top_k)
     ceilings = label_ceilings(torch.cat([b["labels"] for b in batches]))
@@ -226,10 +252,20 @@ def main(argv: list[str] | None = None) -> dict:
         selection_args.estimator,
         selection_args.representation,
         probe,
+        estimator_params=params,
     )
-    plot_selection(os.path.splitext(selection_args.output)[0] + ".png", rows, selected, ceilings)
+    judged = content["verdict"]
+    plot_selection(
+        os.path.splitext(selection_args.output)[0] + ".png",
+        rows,
+        selected,
+        ceilings,
+        estimator=selection_args.estimator,
+        verdict=judged,
+    )
     print(selection_table(rows, selected))
     print(f"\nSelected (T*): {', '.join(selected)}; written to {selection_args.output}")
+    print(f"Verdict: {judged['verdict']}: {judged['reason']}")
     for warning in content["warnings"]:
         logger.warning(warning)
     return content
