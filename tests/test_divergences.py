@@ -207,3 +207,21 @@ def test_eval_kd_divergence_is_the_divergence_on_the_eval_set(lm_teacher, lm_dat
         CheckpointDistillConfig(
             **trainer_args(tmp_path / "c", eval_kd_divergence=True, soft_target_cache="x")
         )
+
+
+@pytest.mark.parametrize("kd_loss", ["full", "chunked"])
+def test_accumulation_equals_the_large_batch_for_the_jsd(kd_loss, lm_teacher, tmp_path):
+    """beta=0.5: batch 8 x 1 step and batch 2 x 4 accumulation steps reach the same weights (the divergence
+    is summed per position and divided by the accumulated token count, as forward KL is)."""
+    from test_trainer import assert_same_weights, distill, padded_lm_dataset, weights
+
+    train, results = padded_lm_dataset(64, 3), []
+    for batch, accumulation in ((8, 1), (2, 4)):
+        model = tiny_gpt2(hidden=16, layers=1, seed=2)
+        distill(
+            model, lm_teacher, train, tmp_path / f"{kd_loss}-{batch}x{accumulation}", per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation, max_steps=3, optim="sgd", learning_rate=0.5,
+            save_strategy="no", beta=0.5, kd_loss=kd_loss, kd_chunk_size=5,
+        )  # fmt: skip
+        results.append(weights(model))
+    assert_same_weights(results[0], results[1], atol=1e-5)
